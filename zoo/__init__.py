@@ -1,0 +1,13 @@
+"""zoo: the classic convolutional networks as pure JAX functions.
+
+    model = zoo.create("resnet50", num_classes=10)
+    variables = model.init(jax.random.key(0), (1, 224, 224, 3))
+    logits, state = model.apply(variables["params"], variables["state"], x)
+"""
+from .nn import Layer, count_params
+from .registry import Model, create, get_config, list_models, register
+
+__version__ = "0.1.0"
+
+__all__ = ["Layer", "Model", "count_params", "create", "get_config", "list_models", "register",
+           "__version__"]

@@ -1,0 +1,681 @@
+"""The functional core: every layer is a ``Layer(init, apply)`` pair over named pytrees.
+
+    init(key, in_shape)                               -> (out_shape, params, state)
+    apply(params, state, x, *, train=False, rng=None) -> (y, new_state)
+
+Activations are NHWC, conv kernels HWIO, dense kernels (in, out). Parameters and state
+are nested dicts keyed by the names given to :func:`Sequential`, :func:`Concat` and
+:func:`Residual`; stateless layers have empty dicts, which the combinators omit.
+
+Geometry follows the cs231n notes: a conv or pool produces ``(W - F + 2P)/S + 1`` outputs
+along each spatial axis. When that is not an integer the layer raises, unless its
+definition declares ``rounding="floor"`` or ``"ceil"`` (the rule of the published model).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import zlib
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Shape = tuple[int, ...]
+
+ROUNDING_RULES = ("exact", "floor", "ceil")
+CONV_IMPLS = ("xla", "im2col")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A pure layer. ``kind``/``config``/``children`` describe it for tools that rewrite nets."""
+
+    init: Callable
+    apply: Callable
+    kind: str = "layer"
+    config: Mapping = dataclasses.field(default_factory=dict)
+    children: tuple = ()
+
+
+# ----------------------------------------------------------------------------------------
+# Names, keys and the init-time recorder used by the summary.
+
+_SCOPE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("zoo_scope", default=())
+_RECORDER: contextvars.ContextVar = contextvars.ContextVar("zoo_recorder", default=None)
+
+
+@contextlib.contextmanager
+def scope(name: str):
+    token = _SCOPE.set(_SCOPE.get() + (name,))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def current_path() -> str:
+    return "/".join(_SCOPE.get()) or "<input>"
+
+
+def name_key(key, name: str):
+    """A key derived from a layer's name, so keys stay stable when other layers change."""
+    return None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+class Recorder:
+    """Collects one row per primitive layer during ``init`` (see :mod:`zoo.summary`).
+
+    It also tracks the receptive field and cumulative stride (the "jump") of the
+    activations flowing through the net: a k x k layer with dilation d and stride s maps
+    ``rf -> rf + (d(k-1)) * jump`` and ``jump -> jump * s``. Parallel branches take the max.
+    """
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.rf, self.jump = 1, 1
+
+    def add(self, kind, out_shape, *, params=0, macs=0, activations=0, kernel=1, stride=1,
+            dilation=1):
+        self.rf += dilation * (kernel - 1) * self.jump
+        self.jump *= stride
+        self.rows.append(dict(name=current_path(), kind=kind, output_shape=tuple(out_shape),
+                              params=int(params), activations=int(activations), macs=int(macs),
+                              receptive_field=self.rf, stride=self.jump))
+
+
+@contextlib.contextmanager
+def recording():
+    recorder = Recorder()
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
+def _record(kind, out_shape, **info):
+    recorder = _RECORDER.get()
+    if recorder is not None:
+        recorder.add(kind, out_shape, **info)
+
+
+def _volume(shape) -> int:
+    return int(np.prod(shape[1:]))
+
+
+# ----------------------------------------------------------------------------------------
+# Geometry.
+
+def output_size(size: int, window: int, stride: int, padding: int, dilation: int = 1,
+                rounding: str = "exact", what: str = "") -> int:
+    """``(W - F + 2P)/S + 1`` with the declared rounding rule; errors name the layer.
+
+    ``ceil`` follows Caffe/PyTorch: a last window that would start in the right padding is
+    dropped.
+    """
+    if rounding not in ROUNDING_RULES:
+        raise ValueError(f"{current_path()}: rounding must be one of {ROUNDING_RULES}, got {rounding!r}")
+    span = dilation * (window - 1) + 1
+    where = f"layer '{current_path()}'" + (f" ({what})" if what else "")
+    if size + 2 * padding < span:
+        raise ValueError(
+            f"input too small at {where}: W={size} with padding P={padding} is smaller than the "
+            f"window F={span}; use a larger input image")
+    exact = (size - span + 2 * padding) / stride + 1
+    if rounding == "exact":
+        if exact != int(exact):
+            raise ValueError(
+                f"{where} does not fit: (W - F + 2P)/S + 1 = ({size} - {span} + 2*{padding})/{stride}"
+                f" + 1 = {exact:g} is not an integer (W={size}, F={span}, P={padding}, S={stride}); "
+                f"change the input size or declare rounding='floor' or 'ceil'")
+        return int(exact)
+    if rounding == "floor":
+        return (size - span + 2 * padding) // stride + 1
+    out = -(-(size - span + 2 * padding) // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _spatial_out(in_shape, window, stride, padding, dilation, rounding, what):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (window, stride, padding, dilation))
+    if len(in_shape) != 4:
+        raise ValueError(f"layer '{current_path()}' expects NHWC input, got shape {tuple(in_shape)}")
+    ho = output_size(in_shape[1], kh, sh, ph, dh, rounding, what + ", height")
+    wo = output_size(in_shape[2], kw, sw, pw, dw, rounding, what + ", width")
+    return ho, wo
+
+
+def _right_padding(size, out, window, stride, padding, dilation):
+    """Right padding that makes exactly ``out`` windows fit: ``P`` under the exact rule, less
+    (possibly negative: a crop) under floor, more under ceil."""
+    span = dilation * (window - 1) + 1
+    return (out - 1) * stride + span - size - padding
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution: the one function every conv goes through.
+
+_DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_impl", default="auto")
+
+
+def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
+    """The implementation chosen for ``impl='auto'``: im2col on tiny maps, XLA otherwise.
+
+    XLA:CPU convolutions on maps of 16 pixels or fewer are far slower than one matmul
+    (PERF-NOTES: 3x3 on 2x2 maps, 22-28 ms in XLA vs 0.64 ms as im2col + matmul).
+    """
+    return "im2col" if out_hw[0] * out_hw[1] <= 16 else "xla"
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str):
+    """Force every ``impl=None`` conv traced inside the block to ``'xla'``, ``'im2col'`` or ``'auto'``."""
+    if impl not in CONV_IMPLS + ("auto",):
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
+    token = _DEFAULT_CONV_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _DEFAULT_CONV_IMPL.reset(token)
+
+
+def _padding_pairs(x_shape, w_shape, stride, padding, dilation, out_hw):
+    pads = []
+    for axis in range(2):
+        size, k = x_shape[1 + axis], w_shape[axis]
+        extra = _right_padding(size, out_hw[axis], k, stride[axis], padding[axis], dilation[axis])
+        pads.append((padding[axis], extra))
+    return pads
+
+
+def im2col(x, kernel_hw, stride, pads, dilation, out_hw):
+    """Patches of ``x`` as rows: (N, Ho, Wo, kh*kw, C), the notes' "im2col" stretch."""
+    xp = jnp.pad(x, ((0, 0), *[(lo, max(hi, 0)) for lo, hi in pads], (0, 0)))
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_hw, stride, dilation, out_hw
+    cols = []
+    for i in range(kh):
+        for j in range(kw):
+            cols.append(jax.lax.slice(
+                xp, (0, i * dh, j * dw, 0),
+                (xp.shape[0], i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, xp.shape[3]),
+                (1, sh, sw, 1)))
+    return jnp.stack(cols, axis=3)
+
+
+def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
+           precision=None):
+    """2-D convolution, NHWC x HWIO -> NHWC, symmetric zero padding ``P`` per side.
+
+    ``impl``: ``'xla'`` (``lax.conv_general_dilated``), ``'im2col'`` (patches, then one
+    matrix product per group: the notes' "implementation as matrix multiplication"),
+    ``'auto'`` or ``None`` (the :func:`conv_impl` setting, default ``'auto'``, which asks
+    :func:`conv_policy`). Both implementations give the same values and gradients.
+    """
+    stride, padding, dilation = map(_pair, (stride, padding, dilation))
+    kh, kw, cin_g, cout = w.shape
+    if x.shape[3] != cin_g * groups:
+        raise ValueError(f"layer '{current_path()}': input has {x.shape[3]} channels, the kernel "
+                         f"{tuple(w.shape)} with groups={groups} expects {cin_g * groups}")
+    out_hw = _spatial_out(x.shape, (kh, kw), stride, padding, dilation, rounding, "conv")
+    impl = impl or _DEFAULT_CONV_IMPL.get()
+    if impl == "auto":
+        impl = conv_policy(x.shape, w.shape, stride, dilation, groups, out_hw)
+    pads = _padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+            x, w.astype(x.dtype), window_strides=stride, padding=pads, rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+            precision=precision)
+    if impl != "im2col":
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
+    cols = im2col(x, (kh, kw), stride, pads, dilation, out_hw)  # N, Ho, Wo, K, C
+    n, ho, wo = cols.shape[:3]
+    cols = cols.reshape(n * ho * wo, kh * kw, groups, cin_g)
+    wg = w.astype(x.dtype).reshape(kh * kw, cin_g, groups, cout // groups)
+    if groups == 1:
+        y = jnp.dot(cols.reshape(n * ho * wo, -1), wg.reshape(kh * kw * cin_g, cout),
+                    precision=precision)
+    else:
+        y = jnp.einsum("mkgc,kcgo->mgo", cols, wg, precision=precision)
+    return y.reshape(n, ho, wo, cout)
+
+
+# ----------------------------------------------------------------------------------------
+# Primitive layers.
+
+def he_normal(key, shape, fan_in, dtype=jnp.float32):
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_in)
+
+
+def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bias=True,
+         rounding="exact", impl=None, mask=None) -> Layer:
+    """Convolution, kernel HWIO. ``mask`` (optional ``(Cin, Cout)`` 0/1 table, as LeNet-5's
+    C3) stores only the connected kernel slices: params ``kernel`` is ``(kh, kw, n_connections)``."""
+    kh, kw = _pair(kernel)
+    cfg = dict(features=features, kernel=(kh, kw), stride=_pair(stride), padding=_pair(padding),
+               dilation=_pair(dilation), groups=groups, bias=bias, rounding=rounding, impl=impl)
+    table = None if mask is None else np.asarray(mask, dtype=bool)
+
+    def dense_kernel(params, cin):
+        if table is None:
+            return params["kernel"]
+        full = jnp.zeros((kh, kw, cin * features), params["kernel"].dtype)
+        full = full.at[:, :, np.flatnonzero(table.reshape(-1))].set(params["kernel"])
+        return full.reshape(kh, kw, cin, features)
+
+    def init(key, in_shape):
+        cin = in_shape[3]
+        if cin % groups or features % groups:
+            raise ValueError(f"layer '{current_path()}': channels in={cin}, out={features} are not "
+                             f"divisible by groups={groups}")
+        ho, wo = _spatial_out(in_shape, (kh, kw), stride, padding, dilation, rounding, "conv")
+        fan_in = kh * kw * cin // groups
+        if table is None:
+            kernel_shape = (kh, kw, cin // groups, features)
+            connections = cin // groups * features
+        else:
+            if table.shape != (cin, features):
+                raise ValueError(f"layer '{current_path()}': connection table is {table.shape}, "
+                                 f"expected (in, out) = {(cin, features)}")
+            connections = int(table.sum())
+            kernel_shape = (kh, kw, connections)
+            fan_in = kh * kw * int(table.sum(0).max())
+        params = {"kernel": he_normal(name_key(key, "kernel"), kernel_shape, fan_in)}
+        if bias:
+            params["bias"] = jnp.zeros((features,), jnp.float32)
+        out_shape = (in_shape[0], ho, wo, features)
+        _record("conv", out_shape, params=kh * kw * connections + (features if bias else 0),
+                macs=ho * wo * kh * kw * connections, activations=_volume(out_shape),
+                kernel=kh, stride=cfg["stride"][0], dilation=cfg["dilation"][0])
+        return out_shape, params, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        w = dense_kernel(params, x.shape[3])
+        y = conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                   rounding=rounding, impl=impl)
+        if bias:
+            y = y + params["bias"].astype(y.dtype)
+        return y, state
+
+    return Layer(init, apply, "conv", cfg)
+
+
+def Dense(features: int, *, bias=True) -> Layer:
+    """Fully-connected layer, kernel ``(in, out)``, on the last axis."""
+
+    def init(key, in_shape):
+        fan_in = in_shape[-1]
+        params = {"kernel": jax.random.normal(name_key(key, "kernel"), (fan_in, features))
+                  * math.sqrt(1.0 / fan_in)}
+        if bias:
+            params["bias"] = jnp.zeros((features,), jnp.float32)
+        out_shape = (*in_shape[:-1], features)
+        _record("dense", out_shape, params=fan_in * features + (features if bias else 0),
+                macs=fan_in * features, activations=_volume(out_shape))
+        return out_shape, params, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        w = params["kernel"]
+        if x.shape[-1] != w.shape[0]:
+            raise ValueError(f"layer '{current_path()}': expects {w.shape[0]} input features, got "
+                             f"input of shape {tuple(x.shape)}; was the model initialised for "
+                             f"another input size?")
+        y = jnp.dot(x, w.astype(x.dtype))
+        if bias:
+            y = y + params["bias"].astype(y.dtype)
+        return y, state
+
+    return Layer(init, apply, "dense", dict(features=features, bias=bias))
+
+
+def _pool(kind, window, stride, padding, rounding, reducer):
+    kh, kw = _pair(window)
+    stride = _pair(stride if stride is not None else window)
+    padding = _pair(padding)
+    cfg = dict(window=(kh, kw), stride=stride, padding=padding, rounding=rounding)
+
+    def geometry(shape):
+        out_hw = _spatial_out(shape, (kh, kw), stride, padding, 1, rounding, kind)
+        return out_hw, _padding_pairs(shape, (kh, kw), stride, padding, (1, 1), out_hw)
+
+    def init(key, in_shape):
+        (ho, wo), _ = geometry(in_shape)
+        out_shape = (in_shape[0], ho, wo, in_shape[3])
+        _record(kind, out_shape, activations=_volume(out_shape), kernel=kh, stride=stride[0])
+        return out_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        _, ((ph, eh), (pw, ew)) = geometry(x.shape)
+        # Under the floor rule the last rows/columns may never be reached: crop them.
+        x = x[:, : x.shape[1] + min(eh, 0), : x.shape[2] + min(ew, 0)]
+        pads = [(0, 0), (ph, max(eh, 0)), (pw, max(ew, 0)), (0, 0)]
+        return reducer(x, (1, kh, kw, 1), (1, *stride, 1), pads), state
+
+    return Layer(init, apply, kind, cfg)
+
+
+def MaxPool(window, stride=None, padding=0, rounding="exact") -> Layer:
+    """Max pooling; padding and the ceil rule's extra border are -inf (never selected)."""
+
+    def reduce_max(x, dims, strides, pads):
+        return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, strides, pads)
+
+    return _pool("maxpool", window, stride, padding, rounding, reduce_max)
+
+
+def AvgPool(window, stride=None, padding=0, rounding="exact") -> Layer:
+    """Average pooling. Cells of the zero padding ``P`` count in the divisor (PyTorch's
+    ``count_include_pad=True``); the ceil rule's extra border beyond ``P`` does not."""
+    p = _pair(padding)
+
+    def reduce_mean(x, dims, strides, pads):
+        zero = jnp.array(0, x.dtype)
+        total = jax.lax.reduce_window(x, zero, jax.lax.add, dims, strides, pads)
+        (_, (lo_h, hi_h), (lo_w, hi_w), _) = pads
+        in_h, in_w = min(hi_h, p[0]), min(hi_w, p[1])
+        ones = jnp.ones((1, x.shape[1] + lo_h + in_h, x.shape[2] + lo_w + in_w, 1), x.dtype)
+        count = jax.lax.reduce_window(ones, zero, jax.lax.add, dims, strides,
+                                      [(0, 0), (0, hi_h - in_h), (0, hi_w - in_w), (0, 0)])
+        return total / count
+
+    return _pool("avgpool", window, stride, padding, rounding, reduce_mean)
+
+
+def _adaptive_bins(size, out):
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def AdaptiveAvgPool(output_size) -> Layer:
+    """PyTorch's adaptive average pool: output cell i averages rows
+    ``floor(i*H/out) .. ceil((i+1)*H/out)`` (bins may overlap)."""
+    oh, ow = _pair(output_size)
+
+    def init(key, in_shape):
+        out_shape = (in_shape[0], oh, ow, in_shape[3])
+        _record("avgpool", out_shape, activations=_volume(out_shape),
+                kernel=-(-in_shape[1] // oh), stride=max(in_shape[1] // oh, 1))
+        return out_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in _adaptive_bins(x.shape[1], oh)]
+        x = jnp.concatenate(rows, axis=1)
+        cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in _adaptive_bins(x.shape[2], ow)]
+        return jnp.concatenate(cols, axis=2), state
+
+    return Layer(init, apply, "adaptive_avgpool", dict(output_size=(oh, ow)))
+
+
+def GlobalAvgPool() -> Layer:
+    """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+
+    def init(key, in_shape):
+        out_shape = (in_shape[0], in_shape[3])
+        _record("global_avgpool", out_shape, activations=_volume(out_shape), kernel=in_shape[1],
+                stride=in_shape[1])
+        return out_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        return jnp.mean(x, axis=(1, 2)), state
+
+    return Layer(init, apply, "global_avgpool")
+
+
+def Flatten() -> Layer:
+    """(N, H, W, C) -> (N, H*W*C) in NHWC order (importers permute torch's CHW order once)."""
+
+    def init(key, in_shape):
+        if len(in_shape) == 4:
+            _record("flatten", (in_shape[0], _volume(in_shape)), kernel=in_shape[1], stride=in_shape[1])
+        return (in_shape[0], _volume(in_shape)), {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        return x.reshape(x.shape[0], -1), state
+
+    return Layer(init, apply, "flatten")
+
+
+def LRN(size=5, alpha=1e-4, beta=0.75, k=2.0) -> Layer:
+    """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3):
+    ``b = a / (k + alpha * sum_{|j-i|<=size//2} a_j^2) ** beta``. Note PyTorch and Caffe
+    divide ``alpha`` by ``size``; pass ``alpha/size`` to reproduce them."""
+
+    def init(key, in_shape):
+        _record("lrn", in_shape)
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        sq = jnp.square(x.astype(jnp.float32))
+        half = size // 2
+        summed = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+                                       [(0, 0), (0, 0), (0, 0), (half, size - 1 - half)])
+        return (x / jnp.power(k + alpha * summed, beta).astype(x.dtype)), state
+
+    return Layer(init, apply, "lrn", dict(size=size, alpha=alpha, beta=beta, k=k))
+
+
+def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
+    """Batch normalization (Ioffe & Szegedy 2015) over N, H, W, with PyTorch's semantics:
+    train normalises with the biased batch variance and updates the running statistics
+    ``r <- (1 - momentum) r + momentum * batch`` with the unbiased one; eval uses the
+    running statistics. Statistics are computed in float32 whatever the input dtype."""
+
+    def init(key, in_shape):
+        c = in_shape[-1]
+        _record("batchnorm", in_shape, params=2 * c)
+        params = {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
+        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        return in_shape, params, state
+
+    def apply(params, state, x, *, train=False, rng=None):
+        axes = tuple(range(x.ndim - 1))
+        if train:
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            n = math.prod(x.shape[a] for a in axes)
+            unbiased = var * (n / max(n - 1, 1))
+            new_state = {"mean": (1 - momentum) * state["mean"] + momentum * mean,
+                         "var": (1 - momentum) * state["var"] + momentum * unbiased}
+        else:
+            mean, var, new_state = state["mean"], state["var"], state
+        scale = params["scale"] * jax.lax.rsqrt(var + eps)
+        shift = params["bias"] - mean * scale
+        return x * scale.astype(x.dtype) + shift.astype(x.dtype), new_state
+
+    return Layer(init, apply, "batchnorm", dict(eps=eps, momentum=momentum))
+
+
+def Dropout(rate: float) -> Layer:
+    """Inverted dropout (Srivastava et al. 2014); ``train=True`` needs an explicit ``rng``."""
+
+    def init(key, in_shape):
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        if not train or rate == 0.0:
+            return x, state
+        if rng is None:
+            raise ValueError(f"layer '{current_path()}': dropout in train mode needs an explicit rng")
+        keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
+
+    return Layer(init, apply, "dropout", dict(rate=rate))
+
+
+def scaled_tanh(x):
+    """LeCun et al. 1998, appendix A: ``f(a) = A tanh(S a)`` with A = 1.7159, S = 2/3."""
+    return 1.7159 * jnp.tanh(x * (2.0 / 3.0))
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "scaled_tanh": scaled_tanh,
+               "sigmoid": jax.nn.sigmoid}
+
+
+def Activation(name: str) -> Layer:
+    """An element-wise nonlinearity by name: one of :data:`ACTIVATIONS`."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+    fn = ACTIVATIONS[name]
+
+    def init(key, in_shape):
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, rng=None):
+        return fn(x), state
+
+    return Layer(init, apply, "activation", dict(name=name))
+
+
+def Relu() -> Layer:
+    return Activation("relu")
+
+
+# ----------------------------------------------------------------------------------------
+# Combinators.
+
+NamedLayers = Sequence[tuple[str, Layer]] | Mapping[str, Layer]
+
+
+def _named(layers: NamedLayers) -> tuple[tuple[str, Layer], ...]:
+    items = tuple(layers.items()) if isinstance(layers, Mapping) else tuple(layers)
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate layer names in {names}")
+    for name, layer in items:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"layer names must be non-empty strings without '/', got {name!r}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"'{name}' is not a Layer: {layer!r}")
+    return items
+
+
+def _init_children(items, key, in_shape):
+    shape, params, state = in_shape, {}, {}
+    for name, layer in items:
+        with scope(name):
+            shape, p, s = layer.init(name_key(key, name), shape)
+        if p:
+            params[name] = p
+        if s:
+            state[name] = s
+    return shape, params, state
+
+
+def _apply_children(items, params, state, x, train, rng):
+    new_state = dict(state)
+    for name, layer in items:
+        with scope(name):
+            x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
+                               rng=name_key(rng, name))
+        if s:
+            new_state[name] = s
+    return x, new_state
+
+
+def Sequential(layers: NamedLayers) -> Layer:
+    """Named layers applied in order; each one's params live under its name."""
+    items = _named(layers)
+
+    def init(key, in_shape):
+        return _init_children(items, key, in_shape)
+
+    def apply(params, state, x, *, train=False, rng=None):
+        return _apply_children(items, params, state, x, train, rng)
+
+    return Layer(init, apply, "sequential", {}, items)
+
+
+def _branch_geometry(recorder, starts, ends):
+    if recorder is not None:
+        recorder.rf = max(rf for rf, _ in ends)
+        recorder.jump = max(j for _, j in ends)
+
+
+def Concat(branches: NamedLayers, axis: int = -1) -> Layer:
+    """Parallel named branches on the same input, concatenated on channels (Inception)."""
+    items = _named(branches)
+
+    def init(key, in_shape):
+        recorder = _RECORDER.get()
+        start = (recorder.rf, recorder.jump) if recorder else None
+        shapes, params, state, ends = [], {}, {}, []
+        for name, layer in items:
+            if recorder:
+                recorder.rf, recorder.jump = start
+            shape, p, s = _init_children(((name, layer),), key, in_shape)
+            shapes.append(shape)
+            params.update(p)
+            state.update(s)
+            if recorder:
+                ends.append((recorder.rf, recorder.jump))
+        if len({s[:axis] + s[axis + 1:] if axis != -1 else s[:-1] for s in shapes}) != 1:
+            raise ValueError(f"layer '{current_path()}': branch outputs differ outside the concat "
+                             f"axis: {dict(zip((n for n, _ in items), shapes))}")
+        _branch_geometry(recorder, start, ends)
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return tuple(out), params, state
+
+    def apply(params, state, x, *, train=False, rng=None):
+        outs, new_state = [], dict(state)
+        for name, layer in items:
+            y, s = _apply_children(((name, layer),), params, state, x, train, rng)
+            new_state.update(s)
+            outs.append(y)
+        return jnp.concatenate(outs, axis=axis), new_state
+
+    return Layer(init, apply, "concat", dict(axis=axis), items)
+
+
+def Residual(body: NamedLayers, shortcut: tuple[str, Layer] | None = None,
+             activation: str | None = None) -> Layer:
+    """``act(body(x) + shortcut(x))`` (He et al. 2016); the shortcut is the identity unless a
+    named projection is given. Body layers and the shortcut share the block's namespace."""
+    body_items = _named(body)
+    sc_items = _named([shortcut]) if shortcut is not None else ()
+    act = None if activation is None else Activation(activation)
+    children = body_items + sc_items
+
+    def init(key, in_shape):
+        recorder = _RECORDER.get()
+        start = (recorder.rf, recorder.jump) if recorder else None
+        out_shape, params, state = _init_children(body_items, key, in_shape)
+        ends = [(recorder.rf, recorder.jump)] if recorder else []
+        sc_shape = in_shape
+        if sc_items:
+            if recorder:
+                recorder.rf, recorder.jump = start
+            sc_shape, p, s = _init_children(sc_items, key, in_shape)
+            params.update(p)
+            state.update(s)
+            if recorder:
+                ends.append((recorder.rf, recorder.jump))
+        if tuple(sc_shape) != tuple(out_shape):
+            raise ValueError(f"layer '{current_path()}': residual branch gives {tuple(out_shape)} but "
+                             f"the shortcut gives {tuple(sc_shape)}; add a projection shortcut")
+        _branch_geometry(recorder, start, ends)
+        return out_shape, params, state
+
+    def apply(params, state, x, *, train=False, rng=None):
+        y, new_state = _apply_children(body_items, params, state, x, train, rng)
+        if sc_items:
+            x, s = _apply_children(sc_items, params, state, x, train, rng)
+            new_state.update(s)
+        y = y + x
+        return (act.apply({}, {}, y)[0] if act else y), new_state
+
+    return Layer(init, apply, "residual", dict(activation=activation), children)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree (BatchNorm running statistics are state)."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))

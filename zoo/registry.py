@@ -1,0 +1,143 @@
+"""Model registry: name -> builder, default config; and the :class:`Model` it builds.
+
+Inspired by timm's registry (fnmatch listing, a pretrained config per model): each family
+file calls :func:`register` with a builder and the variant's defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from . import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A built network plus its config.
+
+    ``config`` holds at least ``name``, ``input_shape`` (H, W, C) at which the published
+    model runs, ``mean``/``std`` (per channel, for inputs scaled to [0, 1]),
+    ``num_classes`` and ``classifier`` (the param path of the final layer).
+    """
+
+    network: nn.Layer
+    config: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    def default_input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, *self.config["input_shape"])
+
+    def init(self, key, input_shape=None) -> dict:
+        """``{"params", "state"}`` for inputs of ``input_shape`` (N, H, W, C); the default is
+        the native size. Geometry is checked here: a layer that does not fit raises."""
+        shape = tuple(input_shape) if input_shape is not None else self.default_input_shape()
+        self._check_shape(shape)
+        _, params, state = self.network.init(key, shape)
+        return {"params": params, "state": state}
+
+    def output_shape(self, input_shape=None) -> tuple[int, ...]:
+        """The output shape for ``input_shape``, computed without allocating weights."""
+        return self.abstract_init(input_shape)[1]
+
+    def abstract_init(self, input_shape=None):
+        """``(variables as ShapeDtypeStructs, output shape)``: ``init`` without the memory."""
+        shape = tuple(input_shape) if input_shape is not None else self.default_input_shape()
+        self._check_shape(shape)
+        box = {}
+
+        def run(key):
+            box["out"], params, state = self.network.init(key, shape)
+            return {"params": params, "state": state}
+
+        return jax.eval_shape(run, jax.random.key(0)), tuple(box["out"])
+
+    def apply(self, params, state, x, *, train: bool = False, rng=None):
+        """``(logits, new_state)``; ``train=True`` uses batch statistics and dropout (which
+        needs ``rng``)."""
+        self._check_shape(tuple(x.shape))
+        return self.network.apply(params, state, x, train=train, rng=rng)
+
+    def _check_shape(self, shape):
+        channels = self.config["input_shape"][-1]
+        if len(shape) != 4 or shape[-1] != channels:
+            raise ValueError(f"{self.name} expects NHWC input with {channels} channel(s), "
+                             f"e.g. {self.default_input_shape()}; got shape {shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    builder: Callable[..., nn.Layer]
+    defaults: Mapping[str, Any]
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Layer], **defaults) -> None:
+    """Register ``builder(**config) -> Layer`` under ``name``. ``defaults`` must give
+    ``input_shape``, ``num_classes``, ``classifier``, ``paper``, ``year``; ``mean``/``std``
+    default to ImageNet's."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    missing = {"input_shape", "num_classes", "classifier", "paper", "year"} - set(defaults)
+    if missing:
+        raise ValueError(f"model {name!r} is missing config keys {sorted(missing)}")
+    defaults.setdefault("mean", IMAGENET_MEAN)
+    defaults.setdefault("std", IMAGENET_STD)
+    defaults.setdefault("deviations", "")
+    _REGISTRY[name] = Entry(name, builder, dict(defaults, name=name))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching an fnmatch ``pattern``, sorted."""
+    _load_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_config(name: str) -> dict:
+    _load_families()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    return dict(_REGISTRY[name].defaults)
+
+
+#: keys that describe the model rather than parametrise its builder
+DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
+                    "deviations")
+
+
+def create(name: str, num_classes: int | None = None, **config) -> Model:
+    """Build a registered model. ``config`` overrides its defaults (e.g. ``aux_logits=True``).
+    Builders receive every non-descriptive key, ``num_classes`` included."""
+    cfg = get_config(name)
+    if num_classes is not None:
+        config["num_classes"] = num_classes
+    unknown = set(config) - set(cfg)
+    if unknown:
+        raise ValueError(f"{name}: unknown config {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(config)
+    if int(cfg["num_classes"]) < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {cfg['num_classes']}")
+    builder_args = {k: v for k, v in cfg.items() if k not in DESCRIPTIVE_KEYS}
+    return Model(_REGISTRY[name].builder(**builder_args), cfg)
+
+
+_LOADED = False
+
+
+def _load_families():
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from . import models  # noqa: F401  (registers every family)
