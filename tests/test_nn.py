@@ -1,0 +1,217 @@
+"""The functional core: conv implementations, geometry rules, pools, norms, combinators."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo import nn
+
+CONV_CASES = [  # (input NHWC, kernel, stride, padding, dilation, groups, rounding)
+    ((2, 9, 9, 4), 3, 1, 1, 1, 1, "exact"),
+    ((2, 10, 10, 6), 3, 2, 1, 1, 1, "floor"),
+    ((1, 11, 11, 4), 5, 1, 2, 2, 1, "exact"),
+    ((2, 12, 12, 8), 3, 1, 1, 1, 4, "exact"),
+    ((1, 13, 13, 6), (3, 5), (2, 1), (1, 2), 1, 2, "floor"),
+    ((2, 4, 4, 16), 1, 1, 0, 1, 1, "exact"),
+    ((2, 2, 2, 8), 3, 1, 1, 1, 1, "exact"),
+    ((1, 9, 9, 4), 3, 2, 0, 1, 1, "exact"),
+]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding", CONV_CASES)
+def test_im2col_equals_xla_values_and_gradients(shape, kernel, stride, padding, dilation, groups, rounding):
+    kh, kw = nn._pair(kernel)
+    cout = 8
+    kx, kw_ = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw_, (kh, kw, shape[3] // groups, cout))
+
+    def run(impl, x, w):
+        return nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                         rounding=rounding, impl=impl)
+
+    y_xla, y_col = run("xla", x, w), run("im2col", x, w)
+    assert y_xla.shape == y_col.shape
+    np.testing.assert_allclose(y_col, y_xla, rtol=1e-5, atol=1e-5)
+    probe = jax.random.normal(jax.random.key(1), y_xla.shape)
+    loss = lambda impl: (lambda x, w: jnp.sum(run(impl, x, w) * probe))
+    gx_xla, gw_xla = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
+    gx_col, gw_col = jax.grad(loss("im2col"), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(gx_col, gx_xla, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw_col, gw_xla, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impl_context_selects_implementation():
+    x = jnp.ones((1, 8, 8, 2))
+    w = jnp.ones((3, 3, 2, 4))
+    with nn.conv_impl("im2col"):
+        a = jax.jit(lambda x, w: nn.conv2d(x, w, padding=1))(x, w)
+    with nn.conv_impl("xla"):
+        b = nn.conv2d(x, w, padding=1)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert float(a[0, 0, 0, 0]) == 8.0 and float(a[0, 3, 3, 0]) == 18.0
+    with pytest.raises(ValueError, match="impl"):
+        nn.conv2d(x, w, impl="fft")
+
+
+def test_output_size_formula_and_rules():
+    assert nn.output_size(227, 11, 4, 0) == 55
+    assert nn.output_size(224, 3, 1, 1) == 224
+    assert nn.output_size(112, 3, 2, 0, rounding="ceil") == 56
+    assert nn.output_size(112, 3, 2, 1, rounding="floor") == 56
+    assert nn.output_size(7, 3, 2, 1, rounding="ceil") == 4
+    # PyTorch's ceil rule drops a window that would start inside the right padding.
+    assert nn.output_size(4, 2, 2, 1, rounding="ceil") == 3
+    with pytest.raises(ValueError, match=r"54\.25"):
+        with nn.scope("conv1"):
+            nn.output_size(224, 11, 4, 0)
+
+
+def test_geometry_error_names_layer_and_sizes():
+    net = nn.Sequential([("conv1", nn.Conv(96, 11, stride=4)), ("relu", nn.Relu())])
+    with pytest.raises(ValueError) as err:
+        net.init(jax.random.key(0), (1, 224, 224, 3))
+    message = str(err.value)
+    for piece in ["conv1", "54.25", "W=224", "F=11", "P=0", "S=4"]:
+        assert piece in message
+    out, _, _ = net.init(jax.random.key(0), (1, 227, 227, 3))
+    assert out == (1, 55, 55, 96)
+
+
+def test_input_too_small_names_layer():
+    net = nn.Sequential([("c1", nn.Conv(4, 3)), ("pool", nn.MaxPool(2)), ("c2", nn.Conv(4, 5))])
+    with pytest.raises(ValueError, match="too small.*c2"):
+        net.init(jax.random.key(0), (1, 8, 8, 1))
+
+
+def test_pools_floor_and_ceil_shapes_and_values():
+    x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+    ceil = nn.MaxPool(2, 2, rounding="ceil")
+    floor = nn.MaxPool(2, 2, rounding="floor")
+    assert ceil.init(None, x.shape)[0] == (1, 3, 3, 1)
+    assert floor.init(None, x.shape)[0] == (1, 2, 2, 1)
+    np.testing.assert_array_equal(ceil.apply({}, {}, x)[0][0, :, :, 0],
+                                  [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+    np.testing.assert_array_equal(floor.apply({}, {}, x)[0][0, :, :, 0], [[6, 8], [16, 18]])
+    with pytest.raises(ValueError, match="2.5"):
+        nn.MaxPool(2, 2).init(None, x.shape)
+    avg = nn.AvgPool(2, 2, rounding="ceil").apply({}, {}, x)[0][0, :, :, 0]
+    np.testing.assert_allclose(avg[2, 2], 24.0)  # the ceil border is not counted
+    np.testing.assert_allclose(avg[0, 0], (0 + 1 + 5 + 6) / 4)
+
+
+def test_adaptive_and_global_pool():
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 3))
+    y = nn.AdaptiveAvgPool(4).apply({}, {}, x)[0]
+    assert y.shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(y[:, 1, 2], jnp.mean(x[:, 3:7, 7:11], axis=(1, 2)), rtol=1e-5)
+    g = nn.GlobalAvgPool().apply({}, {}, x)[0]
+    np.testing.assert_allclose(g, jnp.mean(x, axis=(1, 2)), rtol=1e-6)
+
+
+def test_batchnorm_train_and_eval():
+    bn = nn.BatchNorm(eps=1e-5, momentum=0.1)
+    _, params, state = bn.init(None, (8, 4, 4, 3))
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 4, 4, 3))
+    y, new_state = bn.apply(params, state, x, train=True)
+    np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.std(y, axis=(0, 1, 2)), 1.0, atol=1e-3)
+    np.testing.assert_allclose(new_state["mean"], 0.1 * jnp.mean(x, axis=(0, 1, 2)), rtol=1e-5)
+    n = 8 * 16
+    np.testing.assert_allclose(new_state["var"], 0.9 + 0.1 * jnp.var(x, axis=(0, 1, 2)) * n / (n - 1),
+                               rtol=1e-5)
+    y_eval, same = bn.apply(params, new_state, x, train=False)
+    assert same is new_state
+    np.testing.assert_allclose(y_eval, (x - new_state["mean"]) / jnp.sqrt(new_state["var"] + 1e-5),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_needs_rng_and_scales():
+    drop = nn.Dropout(0.5)
+    x = jnp.ones((1000,))
+    with pytest.raises(ValueError, match="rng"):
+        drop.apply({}, {}, x, train=True)
+    y = drop.apply({}, {}, x, train=True, rng=jax.random.key(0))[0]
+    assert set(np.unique(np.asarray(y))) <= {0.0, 2.0}
+    assert 400 < int(jnp.sum(y == 0)) < 600
+    np.testing.assert_array_equal(drop.apply({}, {}, x)[0], x)
+
+
+def test_lrn_formula():
+    x = jax.random.normal(jax.random.key(0), (1, 2, 2, 7))
+    y = nn.LRN(size=5, alpha=1e-2, beta=0.75, k=2.0).apply({}, {}, x)[0]
+    c = 3
+    expected = x[..., c] / (2.0 + 1e-2 * jnp.sum(x[..., 1:6] ** 2, axis=-1)) ** 0.75
+    np.testing.assert_allclose(y[..., c], expected, rtol=1e-5)
+    edge = x[..., 0] / (2.0 + 1e-2 * jnp.sum(x[..., 0:3] ** 2, axis=-1)) ** 0.75
+    np.testing.assert_allclose(y[..., 0], edge, rtol=1e-5)
+
+
+def test_masked_conv_counts_only_connections():
+    table = np.zeros((3, 4), bool)
+    table[0, 0] = table[1, 1] = table[2, 2] = table[0, 3] = table[2, 3] = True
+    conv = nn.Conv(4, 3, mask=table)
+    _, params, _ = conv.init(jax.random.key(0), (1, 5, 5, 3))
+    assert params["kernel"].shape == (3, 3, 5)
+    x = jax.random.normal(jax.random.key(1), (1, 5, 5, 3))
+    y = conv.apply(params, {}, x)[0]
+    # output map 1 sees only input map 1; connections are stored in (in, out) row-major order
+    slot = list(np.flatnonzero(table.reshape(-1))).index(1 * 4 + 1)
+    full = jnp.zeros((3, 3, 3, 4)).at[:, :, 1, 1].set(params["kernel"][:, :, slot])
+    np.testing.assert_allclose(y[..., 1], nn.conv2d(x, full)[..., 1], rtol=1e-5, atol=1e-6)
+
+
+def test_names_and_structure():
+    net = nn.Sequential([
+        ("block", nn.Residual([("conv", nn.Conv(4, 3, padding=1)), ("bn", nn.BatchNorm())],
+                              shortcut=("proj", nn.Conv(4, 1)), activation="relu")),
+        ("mix", nn.Concat([("a", nn.Conv(2, 1)), ("b", nn.MaxPool(3, 1, 1))])),
+    ])
+    out, params, state = net.init(jax.random.key(0), (2, 6, 6, 3))
+    assert out == (2, 6, 6, 6)
+    assert set(params) == {"block", "mix"}
+    assert set(params["block"]) == {"conv", "bn", "proj"}
+    assert set(state["block"]) == {"bn"}
+    assert set(params["mix"]) == {"a"}
+    with pytest.raises(ValueError, match="duplicate"):
+        nn.Sequential([("a", nn.Relu()), ("a", nn.Relu())])
+    with pytest.raises(ValueError, match="shortcut"):
+        nn.Residual([("conv", nn.Conv(5, 3, padding=1))]).init(jax.random.key(0), (1, 4, 4, 3))
+
+
+def test_keys_follow_names_not_positions():
+    a = nn.Sequential([("conv1", nn.Conv(4, 3)), ("conv2", nn.Conv(4, 3))])
+    b = nn.Sequential([("extra", nn.Conv(3, 1)), ("conv1", nn.Conv(4, 3)), ("conv2", nn.Conv(4, 3))])
+    _, pa, _ = a.init(jax.random.key(0), (1, 9, 9, 3))
+    _, pb, _ = b.init(jax.random.key(0), (1, 9, 9, 3))
+    np.testing.assert_array_equal(pa["conv1"]["kernel"], pb["conv1"]["kernel"])
+
+
+def test_receptive_field_of_stacked_3x3():
+    net = nn.Sequential([(f"conv{i}", nn.Conv(2, 3, padding=1)) for i in range(3)])
+    with nn.recording() as rec:
+        net.init(jax.random.key(0), (1, 16, 16, 1))
+    assert [r["receptive_field"] for r in rec.rows] == [3, 5, 7]
+    dilated = nn.Sequential([("c1", nn.Conv(2, 3, dilation=2, padding=2)), ("c2", nn.Conv(2, 3, dilation=4, padding=4))])
+    with nn.recording() as rec:
+        dilated.init(jax.random.key(0), (1, 32, 32, 1))
+    assert [r["receptive_field"] for r in rec.rows] == [5, 13]
+
+
+def test_against_torch_pools_and_lrn():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).normal(size=(2, 13, 13, 6)).astype(np.float32)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    cases = [
+        (nn.MaxPool(3, 2, rounding="ceil"), torch.nn.MaxPool2d(3, 2, ceil_mode=True)),
+        (nn.MaxPool(3, 2, 1, rounding="floor"), torch.nn.MaxPool2d(3, 2, 1)),
+        (nn.AvgPool(3, 2, 1, rounding="ceil"), torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True)),
+        (nn.AvgPool(2, 2, rounding="floor"), torch.nn.AvgPool2d(2, 2)),
+        (nn.AdaptiveAvgPool(4), torch.nn.AdaptiveAvgPool2d(4)),
+        (nn.LRN(5, 1e-4 / 5, 0.75, 1.0), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)),
+    ]
+    for ours, theirs in cases:
+        expected = theirs(xt).numpy().transpose(0, 2, 3, 1)
+        got = np.asarray(ours.apply({}, {}, jnp.asarray(x))[0])
+        assert got.shape == expected.shape, (ours.kind, got.shape, expected.shape)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
