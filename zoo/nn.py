@@ -419,8 +419,7 @@ def GlobalAvgPool() -> Layer:
 
     def init(key, in_shape):
         out_shape = (in_shape[0], in_shape[3])
-        _record("global_avgpool", out_shape, activations=_volume(out_shape), kernel=in_shape[1],
-                stride=in_shape[1])
+        _record("global_avgpool", out_shape, activations=_volume(out_shape), kernel=in_shape[1])
         return out_shape, {}, {}
 
     def apply(params, state, x, *, train=False, rng=None):
@@ -434,7 +433,8 @@ def Flatten() -> Layer:
 
     def init(key, in_shape):
         if len(in_shape) == 4:
-            _record("flatten", (in_shape[0], _volume(in_shape)), kernel=in_shape[1], stride=in_shape[1])
+            # Seen as a conv over the whole map (FC -> CONV): the map's size, stride 1.
+            _record("flatten", (in_shape[0], _volume(in_shape)), kernel=in_shape[1])
         return (in_shape[0], _volume(in_shape)), {}, {}
 
     def apply(params, state, x, *, train=False, rng=None):
