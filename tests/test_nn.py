@@ -215,3 +215,16 @@ def test_against_torch_pools_and_lrn():
         got = np.asarray(ours.apply({}, {}, jnp.asarray(x))[0])
         assert got.shape == expected.shape, (ours.kind, got.shape, expected.shape)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_state_flows_through_every_branch_in_train_mode():
+    block = nn.Residual([("conv", nn.Conv(4, 3, padding=1)), ("bn", nn.BatchNorm())],
+                        shortcut=("proj", nn.Sequential([("conv", nn.Conv(4, 1)), ("bn", nn.BatchNorm())])))
+    mix = nn.Concat([("a", nn.Sequential([("conv", nn.Conv(2, 1)), ("bn", nn.BatchNorm())])),
+                     ("b", nn.Sequential([("conv", nn.Conv(2, 1)), ("bn", nn.BatchNorm())]))])
+    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)) + 1.0
+    for layer in (block, mix):
+        _, params, state = layer.init(jax.random.key(1), x.shape)
+        _, new_state = layer.apply(params, state, x, train=True)
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state, state)
+        assert all(jax.tree_util.tree_leaves(changed)), changed

@@ -166,14 +166,87 @@ def _right_padding(size, out, window, stride, padding, dilation):
 
 _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_impl", default="auto")
 
+#: The levers of the ``'auto'`` policy (measured by ``scripts/benchmark.py --levers``;
+#: see docs/benchmarks.md). :func:`conv_levers` overrides them inside a block.
+#:
+#: - ``small_map``: output maps of at most this many pixels run as im2col + one matmul
+#:   (XLA:CPU's convolution is 20-40x slower than a matmul there); 0 switches it off.
+#: - ``pointwise``: 1x1 convolutions (any stride) as a strided slice + one matmul.
+#: - ``single_channel``: convolutions of one input channel (LeNet's first) as im2col:
+#:   XLA:CPU's kernel is 2x slower there.
+#: - ``weight_grad``: ``'matmul'`` keeps XLA's forward and input-gradient convolutions but
+#:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time (XLA:CPU's
+#:   weight-gradient convolution runs at a fraction of its forward speed); ``'xla'`` off.
+#:   Only where the patch is long enough (``kh*kw*Cin >= mmgrad_min_k``) and ``Cout >= 32``:
+#:   LeNet-sized convs are faster in XLA.
+#: - ``chunk_bytes``: the im2col buffer per step of that weight gradient.
+#: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
+#:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
+#: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
+CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, weight_grad="matmul",
+                   mmgrad_min_k=256, chunk_bytes=16 << 20, low_precision="f32acc", cpu_only=True)
+_CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
+
+
+@contextlib.contextmanager
+def conv_levers(**overrides):
+    """Override :data:`CONV_LEVERS` for every conv traced inside the block (benchmarks
+    switch levers off one at a time to measure what each gives)."""
+    unknown = set(overrides) - set(CONV_LEVERS)
+    if unknown:
+        raise ValueError(f"unknown conv levers {sorted(unknown)}; known: {sorted(CONV_LEVERS)}")
+    token = _CONV_LEVERS.set({**current_conv_levers(), **overrides})
+    try:
+        yield
+    finally:
+        _CONV_LEVERS.reset(token)
+
+
+def current_conv_levers() -> dict:
+    return {**CONV_LEVERS, **(_CONV_LEVERS.get() or {})}
+
+
+_CONV_CHOICES: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_choices", default=None)
+
+
+@contextlib.contextmanager
+def recording_conv_choices():
+    """Collect ``(layer path, implementation, input shape, kernel shape)`` for every conv
+    traced inside the block (what :func:`conv_policy` chose, layer by layer)."""
+    rows: list = []
+    token = _CONV_CHOICES.set(rows)
+    try:
+        yield rows
+    finally:
+        _CONV_CHOICES.reset(token)
+
 
 def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
-    """The implementation chosen for ``impl='auto'``: im2col on tiny maps, XLA otherwise.
+    """The implementation chosen for ``impl='auto'``, by shape (a cheap rule measured on the
+    2-core AVX-512 CPU of PERF-NOTES and docs/benchmarks.md):
 
-    XLA:CPU convolutions on maps of 16 pixels or fewer are far slower than one matmul
-    (PERF-NOTES: 3x3 on 2x2 maps, 22-28 ms in XLA vs 0.64 ms as im2col + matmul).
+    - ``'im2col'`` for output maps of <= ``small_map`` pixels (3x3 on 2x2 maps: 22-28 ms in
+      XLA, 0.64 ms as im2col + matmul) and for 1x1 convolutions (a reshape + one matmul);
+    - ``'im2col'`` for single-channel inputs too (LeNet's first conv: 2x);
+    - ``'xla+mmgrad'`` for the other ungrouped convolutions with long patches
+      (``kh*kw*Cin >= 256``, ``Cout >= 32``): XLA's convolution forward and for the input
+      gradient, the weight gradient as ``im2col(x)^T @ dy`` (2.2x on 56x56x64 maps);
+    - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
     """
-    return "im2col" if out_hw[0] * out_hw[1] <= 16 else "xla"
+    levers = current_conv_levers()
+    if levers["cpu_only"] and jax.default_backend() != "cpu":
+        return "xla"
+    kh, kw = w_shape[:2]
+    if out_hw[0] * out_hw[1] <= levers["small_map"]:
+        return "im2col"
+    if levers["pointwise"] and kh == kw == 1 and groups == 1:
+        return "im2col"
+    if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
+        return "im2col"
+    if (levers["weight_grad"] == "matmul" and groups == 1
+            and kh * kw * x_shape[3] >= levers["mmgrad_min_k"] and w_shape[3] >= 32):
+        return "xla+mmgrad"
+    return "xla"
 
 
 @contextlib.contextmanager
@@ -198,9 +271,14 @@ def _padding_pairs(x_shape, w_shape, stride, padding, dilation, out_hw):
 
 
 def im2col(x, kernel_hw, stride, pads, dilation, out_hw):
-    """Patches of ``x`` as rows: (N, Ho, Wo, kh*kw, C), the notes' "im2col" stretch."""
-    xp = jnp.pad(x, ((0, 0), *[(lo, max(hi, 0)) for lo, hi in pads], (0, 0)))
+    """Patches of ``x`` as rows: (N, Ho, Wo, kh*kw, C), the notes' "im2col" stretch.
+
+    A negative right padding (the floor rule's unreachable border) is never read."""
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_hw, stride, dilation, out_hw
+    if kh == kw == 1 and all(lo == 0 for lo, _ in pads):  # pointwise: a strided view
+        return jax.lax.slice(x, (0, 0, 0, 0), (x.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1,
+                                               x.shape[3]), (1, sh, sw, 1))[:, :, :, None, :]
+    xp = jnp.pad(x, ((0, 0), *[(lo, max(hi, 0)) for lo, hi in pads], (0, 0)))
     cols = []
     for i in range(kh):
         for j in range(kw):
@@ -211,6 +289,93 @@ def im2col(x, kernel_hw, stride, pads, dilation, out_hw):
     return jnp.stack(cols, axis=3)
 
 
+def _accumulation(dtype, levers):
+    """``preferred_element_type`` for a conv/matmul on ``dtype`` inputs: float32 for
+    bfloat16/float16 under the ``f32acc`` lever (725 vs 285 GFLOP/s for bf16 out on the
+    notes' CPU), else None (XLA's default)."""
+    low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if levers["cpu_only"] and jax.default_backend() != "cpu":
+        return None  # GPU/TPU kernels accumulate in float32 already
+    return jnp.float32 if low and levers["low_precision"] == "f32acc" else None
+
+
+def _xla_conv(x, w, geom):
+    stride, pads, dilation, groups, precision, acc = geom
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+        precision=precision, preferred_element_type=acc)
+
+
+def _im2col_conv(x, w, kernel_hw, stride, pads, dilation, out_hw, groups, precision, acc):
+    (kh, kw), cin_g, cout = kernel_hw, w.shape[2], w.shape[3]
+    cols = im2col(x, (kh, kw), stride, pads, dilation, out_hw)  # N, Ho, Wo, K, C
+    n, ho, wo = cols.shape[:3]
+    if groups == 1:
+        return jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin_g), w.reshape(kh * kw * cin_g, cout),
+                       precision=precision, preferred_element_type=acc).reshape(n, ho, wo, cout)
+    cols = cols.reshape(n * ho * wo, kh * kw, groups, cin_g)
+    wg = w.reshape(kh * kw, cin_g, groups, cout // groups)
+    y = jnp.einsum("mkgc,kcgo->mgo", cols, wg, precision=precision, preferred_element_type=acc)
+    return y.reshape(n, ho, wo, cout)
+
+
+def _chunk(n, per_image_bytes, budget):
+    """The largest divisor of the batch ``n`` whose im2col buffer fits ``budget``."""
+    best = 1
+    for c in range(1, n + 1):
+        if n % c == 0 and c * per_image_bytes <= budget:
+            best = c
+    return best
+
+
+def _weight_grad_matmul(x, dy, w_shape, geom, out_hw, chunk_bytes):
+    """``dW = im2col(x)^T @ dy`` over the batch, ``chunk`` images per step of a ``lax.scan``
+    (the buffer stays in cache; a scan of matmuls, unlike one of XLA convolutions, runs at
+    full speed), accumulated in float32."""
+    stride, pads, dilation, groups, precision, acc = geom
+    kh, kw, cin, cout = w_shape
+    n = x.shape[0]
+    rows = out_hw[0] * out_hw[1]
+    chunk = _chunk(n, rows * kh * kw * cin * x.dtype.itemsize, chunk_bytes)
+
+    def part(xc, gc):
+        cols = im2col(xc, (kh, kw), stride, pads, dilation, out_hw).reshape(-1, kh * kw * cin)
+        return jax.lax.dot_general(cols, gc.reshape(-1, cout), (((0,), (0,)), ((), ())),
+                                   precision=precision, preferred_element_type=jnp.float32)
+
+    if chunk == n:
+        total = part(x, dy)
+    else:
+        xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+        gs = dy.reshape(n // chunk, chunk, *dy.shape[1:])
+        total, _ = jax.lax.scan(lambda a, xg: (a + part(*xg), None),
+                                jnp.zeros((kh * kw * cin, cout), jnp.float32), (xs, gs))
+    return total.reshape(w_shape)
+
+
+def _conv_mmgrad_primal(x, w, meta):
+    return _xla_conv(x, w, meta[0])
+
+
+def _conv_mmgrad_fwd(x, w, meta):
+    return _xla_conv(x, w, meta[0]), (x, w)
+
+
+def _conv_mmgrad_bwd(meta, res, dy):
+    geom, out_hw, chunk_bytes = meta
+    x, w = res
+    dx = jax.vjp(lambda x_: _xla_conv(x_, w, geom), x)[1](dy)[0]
+    dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, out_hw, chunk_bytes)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+#: XLA's convolution with the weight gradient as a matmul; ``meta`` (static geometry) is
+#: not differentiated.
+_conv_mmgrad = jax.custom_vjp(_conv_mmgrad_primal, nondiff_argnums=(2,))
+_conv_mmgrad.defvjp(_conv_mmgrad_fwd, _conv_mmgrad_bwd)
+
+
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
            precision=None):
     """2-D convolution, NHWC x HWIO -> NHWC, symmetric zero padding ``P`` per side.
@@ -218,7 +383,9 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     ``impl``: ``'xla'`` (``lax.conv_general_dilated``), ``'im2col'`` (patches, then one
     matrix product per group: the notes' "implementation as matrix multiplication"),
     ``'auto'`` or ``None`` (the :func:`conv_impl` setting, default ``'auto'``, which asks
-    :func:`conv_policy`). Both implementations give the same values and gradients.
+    :func:`conv_policy` per layer, by shape). All give the same values and gradients within
+    float tolerance. The result has ``x``'s dtype; bfloat16/float16 inputs accumulate in
+    float32 (see :data:`CONV_LEVERS`).
     """
     stride, padding, dilation = map(_pair, (stride, padding, dilation))
     kh, kw, cin_g, cout = w.shape
@@ -229,24 +396,23 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     impl = impl or _DEFAULT_CONV_IMPL.get()
     if impl == "auto":
         impl = conv_policy(x.shape, w.shape, stride, dilation, groups, out_hw)
-    pads = _padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)
-    if impl == "xla":
-        return jax.lax.conv_general_dilated(
-            x, w.astype(x.dtype), window_strides=stride, padding=pads, rhs_dilation=dilation,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-            precision=precision)
-    if impl != "im2col":
+    elif impl not in CONV_IMPLS + ("xla+mmgrad",):
         raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
-    cols = im2col(x, (kh, kw), stride, pads, dilation, out_hw)  # N, Ho, Wo, K, C
-    n, ho, wo = cols.shape[:3]
-    cols = cols.reshape(n * ho * wo, kh * kw, groups, cin_g)
-    wg = w.astype(x.dtype).reshape(kh * kw, cin_g, groups, cout // groups)
-    if groups == 1:
-        y = jnp.dot(cols.reshape(n * ho * wo, -1), wg.reshape(kh * kw * cin_g, cout),
-                    precision=precision)
+    choices = _CONV_CHOICES.get()
+    if choices is not None:
+        choices.append((current_path(), impl, tuple(x.shape), tuple(w.shape)))
+    pads = _padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)
+    levers = current_conv_levers()
+    w = w.astype(x.dtype)
+    acc = _accumulation(x.dtype, levers)
+    geom = (stride, tuple(map(tuple, pads)), dilation, groups, precision, acc)
+    if impl == "xla":
+        y = _xla_conv(x, w, geom)
+    elif impl == "xla+mmgrad":
+        y = _conv_mmgrad(x, w, (geom, tuple(out_hw), int(levers["chunk_bytes"])))
     else:
-        y = jnp.einsum("mkgc,kcgo->mgo", cols, wg, precision=precision)
-    return y.reshape(n, ho, wo, cout)
+        y = _im2col_conv(x, w, (kh, kw), stride, pads, dilation, out_hw, groups, precision, acc)
+    return y.astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -628,8 +794,7 @@ def Concat(branches: NamedLayers, axis: int = -1) -> Layer:
     def apply(params, state, x, *, train=False, rng=None):
         outs, new_state = [], dict(state)
         for name, layer in items:
-            y, s = _apply_children(((name, layer),), params, state, x, train, rng)
-            new_state.update(s)
+            y, new_state = _apply_children(((name, layer),), params, new_state, x, train, rng)
             outs.append(y)
         return jnp.concatenate(outs, axis=axis), new_state
 
@@ -668,8 +833,7 @@ def Residual(body: NamedLayers, shortcut: tuple[str, Layer] | None = None,
     def apply(params, state, x, *, train=False, rng=None):
         y, new_state = _apply_children(body_items, params, state, x, train, rng)
         if sc_items:
-            x, s = _apply_children(sc_items, params, state, x, train, rng)
-            new_state.update(s)
+            x, new_state = _apply_children(sc_items, params, new_state, x, train, rng)
         y = y + x
         return (act.apply({}, {}, y)[0] if act else y), new_state
 
