@@ -228,3 +228,12 @@ def test_state_flows_through_every_branch_in_train_mode():
         _, new_state = layer.apply(params, state, x, train=True)
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state, state)
         assert all(jax.tree_util.tree_leaves(changed)), changed
+
+
+def test_pools_differentiate_under_jit():
+    net = nn.Sequential([("conv", nn.Conv(3, 3, padding=1)), ("max", nn.MaxPool(2, 2)),
+                         ("avg", nn.AvgPool(3, 1, 1)), ("gap", nn.GlobalAvgPool())])
+    _, params, state = net.init(jax.random.key(0), (2, 8, 8, 2))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 2))
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(net.apply(p, state, x)[0] ** 2)))(params)
+    assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"]))) > 0

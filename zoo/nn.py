@@ -177,14 +177,15 @@ _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_im
 #: - ``weight_grad``: ``'matmul'`` keeps XLA's forward and input-gradient convolutions but
 #:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time (XLA:CPU's
 #:   weight-gradient convolution runs at a fraction of its forward speed); ``'xla'`` off.
-#:   Only where the patch is long enough (``kh*kw*Cin >= mmgrad_min_k``) and ``Cout >= 32``:
-#:   LeNet-sized convs are faster in XLA.
+#:   Only where the patch is long enough (``kh*kw*Cin >= mmgrad_min_k``), ``Cout >= 32``
+#:   and the output map has ``>= mmgrad_min_map`` pixels: LeNet-sized convs and 8x8 maps
+#:   (ResNet-18 at 32x32: 1.22x slower with it) are faster in XLA.
 #: - ``chunk_bytes``: the im2col buffer per step of that weight gradient.
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
 CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, weight_grad="matmul",
-                   mmgrad_min_k=256, chunk_bytes=16 << 20, low_precision="f32acc", cpu_only=True)
+                   mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20, low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
 
 
@@ -229,7 +230,7 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
       XLA, 0.64 ms as im2col + matmul) and for 1x1 convolutions (a reshape + one matmul);
     - ``'im2col'`` for single-channel inputs too (LeNet's first conv: 2x);
     - ``'xla+mmgrad'`` for the other ungrouped convolutions with long patches
-      (``kh*kw*Cin >= 256``, ``Cout >= 32``): XLA's convolution forward and for the input
+      (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution forward and for the input
       gradient, the weight gradient as ``im2col(x)^T @ dy`` (2.2x on 56x56x64 maps);
     - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
     """
@@ -244,7 +245,8 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
     if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
         return "im2col"
     if (levers["weight_grad"] == "matmul" and groups == 1
-            and kh * kw * x_shape[3] >= levers["mmgrad_min_k"] and w_shape[3] >= 32):
+            and kh * kw * x_shape[3] >= levers["mmgrad_min_k"] and w_shape[3] >= 32
+            and out_hw[0] * out_hw[1] >= levers["mmgrad_min_map"]):
         return "xla+mmgrad"
     return "xla"
 
@@ -533,7 +535,7 @@ def MaxPool(window, stride=None, padding=0, rounding="exact") -> Layer:
     """Max pooling; padding and the ceil rule's extra border are -inf (never selected)."""
 
     def reduce_max(x, dims, strides, pads):
-        return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, strides, pads)
+        return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, dims, strides, pads)
 
     return _pool("maxpool", window, stride, padding, rounding, reduce_max)
 
@@ -544,7 +546,7 @@ def AvgPool(window, stride=None, padding=0, rounding="exact") -> Layer:
     p = _pair(padding)
 
     def reduce_mean(x, dims, strides, pads):
-        zero = jnp.array(0, x.dtype)
+        zero = np.array(0, x.dtype)  # a constant: a traced init value is not differentiable
         total = jax.lax.reduce_window(x, zero, jax.lax.add, dims, strides, pads)
         (_, (lo_h, hi_h), (lo_w, hi_w), _) = pads
         in_h, in_w = min(hi_h, p[0]), min(hi_w, p[1])

@@ -1,0 +1,316 @@
+"""Saving and restoring: the zoo's weight format and training checkpoints, written atomically.
+
+**Format.** One safetensors file. Tensors are named by their flattened ``/`` path in the
+variables pytree: ``params/conv1/kernel``, ``state/bn1/mean``; a training checkpoint adds
+``opt_state/...``, ``rng`` and ``step``. The header's string metadata holds
+``format`` (``zoo-weights/1`` or ``zoo-train/1``) and ``zoo``: a JSON object with the model
+name, its config, ``num_classes``, ``input_shape``, ``mean``/``std``, the zoo version and,
+for training checkpoints, the epoch, the metrics so far and the run's settings.
+A training checkpoint is therefore also a weights file: :func:`load_weights` reads the
+``params``/``state`` groups of either.
+
+**Atomicity.** Every write goes to a temporary file in the target's directory, is flushed
+and fsync'ed, then renamed over the target with :func:`os.replace` (atomic on POSIX and
+Windows) and the directory is fsync'ed. A save interrupted at any point leaves the previous
+file intact; stray ``.tmp-*`` files are ignored and cleaned up by :class:`CheckpointManager`.
+
+**Loading into a model.** :func:`load_into` matches a loaded flat dict against a template
+pytree (e.g. ``model.init(...)`` or ``jax.eval_shape`` of it) path by path, and fails with
+a ``ValueError`` listing every missing, unexpected and mis-shaped path with its shapes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+WEIGHTS_FORMAT = "zoo-weights/1"
+TRAIN_FORMAT = "zoo-train/1"
+SUFFIX = ".safetensors"
+
+
+# ----------------------------------------------------------------------------------------
+# Paths.
+
+def _key_name(k) -> str:
+    tu = jax.tree_util
+    if isinstance(k, tu.DictKey):
+        return str(k.key)
+    if isinstance(k, tu.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, tu.GetAttrKey):
+        return str(k.name)
+    if isinstance(k, tu.FlattenedIndexKey):
+        return str(k.key)
+    return str(k)
+
+
+def path_str(path) -> str:
+    """A ``jax.tree_util`` key path as ``a/b/0/mu``."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+    """``{"a/b/c": leaf}`` for every leaf of ``tree`` (dicts, lists, tuples, namedtuples,
+    registered dataclasses such as optax states)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = path_str(path)
+        name = f"{prefix}/{name}" if prefix and name else (prefix or name)
+        if name in flat:
+            raise ValueError(f"two leaves flatten to the same path {name!r}")
+        flat[name] = leaf
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Nested dicts from ``{"a/b/c": leaf}`` (the inverse of :func:`flatten` for dict trees)."""
+    tree: dict = {}
+    for name, leaf in flat.items():
+        node = tree
+        *parents, last = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"path {name!r} runs through a leaf")
+        node[last] = leaf
+    return tree
+
+
+def _shape(x) -> tuple:
+    shape = getattr(x, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(x))
+
+
+def load_into(template, loaded: Mapping[str, Any], *, what: str = "checkpoint",
+              prefix: str = "", cast: bool = True):
+    """``loaded`` (flat ``path -> array``, or a nested dict) restored into ``template``'s
+    structure. Every template leaf must be filled with the same shape and every loaded path
+    used; otherwise a ``ValueError`` lists the missing, unexpected and mis-shaped paths.
+    Leaves are cast to the template's dtype when ``cast``."""
+    if loaded and not all(isinstance(k, str) and not isinstance(v, Mapping)
+                          for k, v in loaded.items()):
+        loaded = flatten(loaded)
+    if prefix:
+        loaded = {k[len(prefix) + 1:]: v for k, v in loaded.items() if k.startswith(prefix + "/")}
+    items, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [path_str(p) for p, _ in items]
+    missing = [n for n in names if n not in loaded]
+    unexpected = sorted(set(loaded) - set(names))
+    misshaped = [(n, _shape(t), _shape(loaded[n])) for n, (_, t) in zip(names, items)
+                 if n in loaded and _shape(t) != _shape(loaded[n])]
+    if missing or unexpected or misshaped:
+        lines = [f"{what} does not match the model"
+                 f" ({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped):"]
+        tshapes = {n: _shape(t) for n, (_, t) in zip(names, items)}
+        lines += [f"  missing     {n} {tshapes[n]}" for n in missing]
+        lines += [f"  unexpected  {n} {_shape(loaded[n])}" for n in unexpected]
+        lines += [f"  mis-shaped  {n}: model {a}, loaded {b}" for n, a, b in misshaped]
+        raise ValueError("\n".join(lines))
+    leaves = []
+    for n, (_, t) in zip(names, items):
+        v = loaded[n]
+        if cast and hasattr(t, "dtype"):
+            v = np.asarray(v).astype(t.dtype, copy=False)
+        leaves.append(v)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------------------
+# Files.
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, jax.Array):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if not x.is_fully_addressable:  # replicated over several hosts: any local copy
+            x = x.addressable_data(0)
+    return np.asarray(jax.device_get(x), order="C")
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            view = memoryview(data)
+            for start in range(0, len(view), 1 << 24):
+                f.write(view[start:start + (1 << 24)])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_flat(path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+              *, fmt: str = WEIGHTS_FORMAT) -> str:
+    """Atomically write ``path -> array`` and JSON ``metadata`` as one safetensors file."""
+    arrays = {k: _to_numpy(v) for k, v in tensors.items()}
+    header = {"format": fmt, "zoo": json.dumps(_jsonable(dict(metadata or {})), sort_keys=True)}
+    atomic_write_bytes(path, safetensors.numpy.save(arrays, metadata=header))
+    return os.fspath(path)
+
+
+def read_metadata(path) -> dict:
+    """The JSON metadata of a zoo safetensors file, without reading its tensors (plus
+    ``"format"``)."""
+    with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
+        header = f.metadata() or {}
+    meta = json.loads(header.get("zoo", "{}"))
+    meta["format"] = header.get("format", "unknown")
+    return meta
+
+
+def load_flat(path) -> tuple[dict[str, np.ndarray], dict]:
+    """``(path -> numpy array, metadata)`` of a zoo safetensors file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return safetensors.numpy.load_file(path), read_metadata(path)
+
+
+def save_weights(variables: Mapping[str, Any], path, metadata: Mapping[str, Any] | None = None) -> str:
+    """Save ``{"params", "state"}`` (any nested dicts) and ``metadata`` (model name, config,
+    num_classes, input_shape, mean/std, ...; the zoo version is added) atomically."""
+    from . import __version__
+
+    meta = dict(metadata or {})
+    meta.setdefault("zoo_version", __version__)
+    return save_flat(path, flatten(dict(variables)), meta, fmt=WEIGHTS_FORMAT)
+
+
+def load_weights(path, groups=("params", "state")) -> tuple[dict, dict]:
+    """``(variables, metadata)`` from a zoo weights file or training checkpoint: the
+    ``params`` and ``state`` groups as nested dicts of numpy arrays (always both keys)."""
+    flat, meta = load_flat(path)
+    variables = {g: {} for g in groups}
+    tree = unflatten({k: v for k, v in flat.items() if k.split("/", 1)[0] in groups})
+    variables.update(tree)
+    return variables, meta
+
+
+# ----------------------------------------------------------------------------------------
+# Training checkpoints.
+
+_CKPT_RE = re.compile(r"^ckpt-(\d+)" + re.escape(SUFFIX) + "$")
+
+
+class CheckpointManager:
+    """Training checkpoints in ``directory``: ``ckpt-<step>.safetensors``, each holding a
+    whole train state (params, BN state, optimizer state, step, rng) plus the epoch and the
+    metrics so far. Keeps the newest ``keep`` and the best by ``metadata[best_key]``
+    (highest wins; ties keep the earlier one). Only process 0 writes in multi-host runs."""
+
+    def __init__(self, directory, keep: int = 2, best_key: str = "eval_accuracy"):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = os.fspath(directory)
+        self.keep = keep
+        self.best_key = best_key
+
+    # -- listing
+    def steps(self) -> list[int]:
+        if not os.path.isdir(self.directory):
+            return []
+        found = (_CKPT_RE.match(n) for n in os.listdir(self.directory))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, f"ckpt-{step:08d}{SUFFIX}")
+
+    def latest(self) -> str | None:
+        steps = self.steps()
+        return self.path(steps[-1]) if steps else None
+
+    def best(self) -> str | None:
+        best, best_value = None, None
+        for step in self.steps():
+            value = read_metadata(self.path(step)).get(self.best_key)
+            if value is not None and (best_value is None or value > best_value):
+                best, best_value = self.path(step), value
+        return best
+
+    # -- writing
+    def save(self, step: int, tree: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+        """Write ``tree`` (e.g. ``{"params", "state", "opt_state", "rng", "step"}``) as the
+        checkpoint of ``step``, then prune all but the newest ``keep`` and the best."""
+        if jax.process_index() != 0:
+            return self.path(step)
+        os.makedirs(self.directory, exist_ok=True)
+        self.clean_temporaries()
+        from . import __version__
+
+        meta = dict(metadata)
+        meta.setdefault("zoo_version", __version__)
+        path = save_flat(self.path(step), flatten(dict(tree)), meta, fmt=TRAIN_FORMAT)
+        self.prune()
+        return path
+
+    def prune(self) -> None:
+        steps = self.steps()
+        best = self.best()
+        for step in steps[:-self.keep]:
+            p = self.path(step)
+            if p != best:
+                os.unlink(p)
+
+    def clean_temporaries(self) -> None:
+        if os.path.isdir(self.directory):
+            for n in os.listdir(self.directory):
+                if n.startswith(".tmp-"):
+                    try:
+                        os.unlink(os.path.join(self.directory, n))
+                    except OSError:
+                        pass
+
+    # -- reading
+    def restore(self, template: Mapping[str, Any], path: str | None = None) -> tuple[dict, dict]:
+        """``(tree in template's structure, metadata)`` of ``path`` (default: the latest)."""
+        path = path or self.latest()
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        flat, meta = load_flat(path)
+        return load_into(dict(template), flat, what=f"checkpoint {path}"), meta
