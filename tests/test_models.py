@@ -25,6 +25,7 @@ PUBLISHED_PARAMS = {
 SMALL_INPUT = {
     "lenet5": 32, "lenet5_1998": 32,
     "alexnet": 64, "alexnet_2012": 67, "zfnet": 64,
+    "googlenet_2014": 224,  # its 7x7/1 average pool needs a 7x7 5b map: inputs of 223 or more
 }
 SMALL_DEFAULT = 32  # VGG, ResNet, GoogLeNet work on CIFAR-sized images
 

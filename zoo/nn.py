@@ -97,6 +97,19 @@ def recording():
         _RECORDER.reset(token)
 
 
+@contextlib.contextmanager
+def side_branch():
+    """Initialise a side output (an auxiliary head) without moving the summary's receptive
+    field and stride off the main path."""
+    recorder = _RECORDER.get()
+    saved = (recorder.rf, recorder.jump) if recorder is not None else None
+    try:
+        yield
+    finally:
+        if recorder is not None:
+            recorder.rf, recorder.jump = saved
+
+
 def _record(kind, out_shape, **info):
     recorder = _RECORDER.get()
     if recorder is not None:
