@@ -56,3 +56,15 @@ def test_summary_of_every_model_is_consistent():
         variables, _ = zoo.create(name).abstract_init()
         assert s.params == zoo.count_params(variables["params"])
         assert s.macs > 0 and s.activations > 0
+
+
+def test_models_doc_is_generated_from_the_registry():
+    import importlib.util
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_docs", root / "scripts" / "make_docs.py")
+    make_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_docs)
+    text = (root / "docs" / "models.md").read_text()
+    assert text == make_docs.HEADER + "\n".join(make_docs.model_rows()) + "\n", \
+        "docs/models.md is stale: run python scripts/make_docs.py"
