@@ -162,6 +162,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 f.write(view[start:start + (1 << 24)])
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved weights are ordinary files
         os.replace(tmp, path)
     except BaseException:
         try:

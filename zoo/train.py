@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
 from . import registry
+from .nn import count_params
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
@@ -767,25 +768,13 @@ def _as_classes(ds) -> int:
     return len(ds.class_names)
 
 
-def _num_params(params) -> int:
-    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
-
-
 def _load_pretrained(cfg, model, variables, log):
+    from . import pretrained
     try:
-        from . import pretrained
-    except ImportError as e:
-        raise ConfigError(f"--pretrained needs zoo.pretrained, which is not available here ({e})") from e
-    if not hasattr(pretrained, "load_for_finetuning"):
-        raise ConfigError("--pretrained: zoo.pretrained has no load_for_finetuning() yet")
-    try:
-        result = pretrained.load_for_finetuning(cfg.pretrained, model=model, variables=variables)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        result, info = pretrained.load_for_finetuning(cfg.pretrained, model=model, variables=variables)
+    except (ImportError, ValueError, FileNotFoundError, OSError, KeyError) as e:
         raise ConfigError(f"--pretrained {cfg.pretrained}: {e}") from e
-    info = {}
-    if isinstance(result, tuple):
-        result, info = result[0], dict(result[1] or {})
-    log(info.get("message") or f"pretrained: loaded {cfg.pretrained}")
+    log(info["message"])
     return result, info
 
 
@@ -892,7 +881,7 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     else:
         mean, std = tuple(train_all.mean), tuple(train_all.std)
 
-    num_params = _num_params(variables["params"])
+    num_params = count_params(variables["params"])
     device_kinds = sorted({d.platform for d in devices})
     log(f"model {model.name}: {num_params:,} params, input {'x'.join(map(str, setup['image_shape']))}, "
         f"{setup['num_classes']} classes")
