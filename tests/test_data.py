@@ -1,5 +1,7 @@
 """zoo.data: sources, fitting to the model, splits, batches, augmentation, bad input."""
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -317,3 +319,13 @@ def test_tfds_mock_data_and_missing_data(tmp_path):
         # RGB into a grayscale model, and a resize to a larger input.
         train, test = data.load("cifar10", image_shape=(64, 64, 1))
         assert train.images.shape == (40, 64, 64, 1) and test.images.shape == (40, 64, 64, 1)
+
+
+def test_tfds_then_torchvision_in_one_process(tmp_path):
+    """TensorFlow before triton (torchvision's) segfaulted; zoo.data imports triton first."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("tensorflow_datasets")
+    code = ("import zoo.data as d; d._import_tfds(); import torchvision; print('both imported')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "both imported" in out.stdout

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import importlib.util
 import math
 import os
 import queue
@@ -500,6 +501,11 @@ def _import_tfds():
     """tensorflow_datasets, imported on first use (the optional ``data`` extra), with
     TensorFlow kept quiet, off the accelerator and to a few threads."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if importlib.util.find_spec("triton") is not None:
+        # Measured with tensorflow-cpu 2.21 and triton (torch 2.14's): importing triton
+        # after TensorFlow segfaults, so torchvision would crash later in this process.
+        # The other order is safe.
+        import triton  # noqa: F401
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
