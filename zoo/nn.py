@@ -185,8 +185,8 @@ _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_im
 #: - ``small_map``: output maps of at most this many pixels run as im2col + one matmul
 #:   (XLA:CPU's convolution is 20-40x slower than a matmul there); 0 switches it off.
 #: - ``pointwise``: 1x1 convolutions (any stride) as a strided slice + one matmul.
-#: - ``single_channel``: convolutions of one input channel (LeNet's first) as im2col:
-#:   XLA:CPU's kernel is 2x slower there.
+#: - ``single_channel``: convolutions of one input channel (LeNet's first) as im2col. Off:
+#:   2.2x faster for that layer alone, but the LeNet-5 train step was 1.39x slower with it.
 #: - ``weight_grad``: ``'matmul'`` keeps XLA's forward and input-gradient convolutions but
 #:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time (XLA:CPU's
 #:   weight-gradient convolution runs at a fraction of its forward speed); ``'xla'`` off.
@@ -197,8 +197,9 @@ _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_im
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
-CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, weight_grad="matmul",
-                   mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20, low_precision="f32acc", cpu_only=True)
+CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=False, weight_grad="matmul",
+                   mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
+                   low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
 
 
@@ -237,14 +238,14 @@ def recording_conv_choices():
 
 def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
     """The implementation chosen for ``impl='auto'``, by shape (a cheap rule measured on the
-    2-core AVX-512 CPU of PERF-NOTES and docs/benchmarks.md):
+    2-core CPU of PERF-NOTES; the measurements are in docs/benchmarks.md):
 
     - ``'im2col'`` for output maps of <= ``small_map`` pixels (3x3 on 2x2 maps: 22-28 ms in
       XLA, 0.64 ms as im2col + matmul) and for 1x1 convolutions (a reshape + one matmul);
-    - ``'im2col'`` for single-channel inputs too (LeNet's first conv: 2x);
     - ``'xla+mmgrad'`` for the other ungrouped convolutions with long patches
-      (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution forward and for the input
-      gradient, the weight gradient as ``im2col(x)^T @ dy`` (2.2x on 56x56x64 maps);
+      (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution
+      forward and for the input gradient, the weight gradient as ``im2col(x)^T @ dy``
+      (ResNet-18 train step at 224: 1.8x);
     - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
     """
     levers = current_conv_levers()

@@ -1,0 +1,409 @@
+"""Benchmark helpers: matmul ceilings, FLOP counts, jitted inference and train steps in
+float32 or bfloat16 (float32 accumulation), the torchvision counterparts, and interleaved
+timing. ``scripts/benchmark.py`` is the command-line front end; docs/benchmarks.md holds a
+full run.
+
+Timing follows PERF-NOTES: medians of at least 5 timed repetitions after warm-up, each
+ending in ``block_until_ready``, the runners being compared interleaved round by round in
+one process (the machines are shared: compare ratios within a run, not across runs).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import nn
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------
+# Ceilings and FLOP counts.
+
+def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of one ``n x n`` ``jnp.dot`` (operands passed as arguments, so XLA cannot
+    constant-fold them); bfloat16 inputs accumulate in float32 (``preferred_element_type``).
+    The median of ``reps`` timed calls after a warm-up."""
+    dt = DTYPES[dtype]
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+    fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    times = time_calls(lambda: fn(a, b), reps)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def forward_macs(model, image_shape) -> int:
+    """Multiply-accumulates of one forward pass of ONE image of ``image_shape`` (H, W, C),
+    the sum of the rows' ``macs`` recorded at init (the summary's numbers)."""
+    box = []
+
+    def run(key):
+        with nn.recording() as rec:
+            model.network.init(key, (1, *image_shape))
+        box.extend(rec.rows)
+        return jnp.zeros(())
+
+    jax.eval_shape(run, jax.random.key(0))
+    return int(sum(r["macs"] for r in box))
+
+
+def time_calls(fn: Callable, reps: int, calls: int = 1) -> list[float]:
+    """Seconds per call of ``reps`` timed repetitions (each ``calls`` calls, the last one
+    blocked on), after one warm-up call."""
+    jax.block_until_ready(fn())
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            r = fn()
+        _block(r)
+        out.append((time.perf_counter() - t0) / calls)
+    return out
+
+
+def _block(r):
+    if isinstance(r, (jax.Array, tuple, list, dict)):
+        jax.block_until_ready(r)
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+        isa = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {x}" in flags]
+    except OSError:
+        isa = []
+    info = dict(cpu=cpu, isa=isa, cores=os.cpu_count(), python=platform.python_version(),
+                jax=jax.__version__, backend=jax.default_backend(),
+                devices=[str(d) for d in jax.devices()],
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
+    with contextlib.suppress(OSError):
+        info["load_average"] = os.getloadavg()
+    with contextlib.suppress(ImportError):
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+# ----------------------------------------------------------------------------------------
+# JAX runners.
+
+@dataclasses.dataclass
+class Runner:
+    """One thing to time: ``step()`` runs one call (inference or train step) of ``batch``
+    images; ``compile_s`` is its ahead-of-time compile time (0 for torch)."""
+
+    name: str
+    step: Callable[[], object]
+    batch: int
+    compile_s: float = 0.0
+    note: str = ""
+
+
+def _main_logits(out):
+    if isinstance(out, Mapping):
+        return out["logits"]
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def cross_entropy(logits, labels):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+def _optimizer(name: str, lr: float = 0.01):
+    import optax
+    if name == "adam":
+        return optax.adam(1e-3)
+    if name == "sgd":
+        return optax.sgd(lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+@contextlib.contextmanager
+def conv_setting(impl: str = "auto", levers: Mapping | None = None):
+    """The conv implementation and policy levers under which a runner is traced."""
+    with nn.conv_impl(impl), nn.conv_levers(**dict(levers or {})):
+        yield
+
+
+def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
+               optimizer: str = "sgd", impl: str = "auto", levers: Mapping | None = None,
+               per_example: bool = False, name: str = "jax", seed: int = 0) -> Runner:
+    """A compiled JAX inference call or train step on synthetic data.
+
+    ``mode='infer'``: ``apply(train=False)``, weights and input in ``dtype``.
+    ``mode='train'``: one SGD-momentum (or Adam) step of the mean cross-entropy,
+    ``value_and_grad`` through ``apply(train=True)`` (BatchNorm batch statistics, dropout
+    with a per-step key); float32 master weights, the forward and backward in ``dtype``
+    (bfloat16: float32 accumulation in every conv and matmul). The train state is donated
+    and threaded from call to call, as in a training loop.
+    ``per_example``: the inference batch goes through ``lax.map`` one image at a time
+    inside the one program (PERF-NOTES: 2x for VGG16 at batch 8).
+    """
+    dt = DTYPES[dtype]
+    c = model.config["input_shape"][-1]
+    shape = (batch, size, size, c)
+    ncls = model.config["num_classes"]
+    key = jax.random.key(seed)
+    variables = jax.jit(model.init, static_argnums=1)(key, shape)
+    params, state = variables["params"], variables["state"]
+    x = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32).astype(dt)
+    y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, ncls)
+
+    def cast(tree):
+        return jax.tree_util.tree_map(lambda a: a.astype(dt) if a.dtype == jnp.float32 else a, tree)
+
+    with conv_setting(impl, levers):
+        if mode == "infer":
+            p = cast(params) if dtype != "float32" else params
+
+            def infer(p, s, x):
+                if per_example:
+                    return jax.lax.map(lambda xi: _main_logits(model.apply(p, s, xi[None])[0])[0], x)
+                return _main_logits(model.apply(p, s, x)[0])
+
+            t0 = time.perf_counter()
+            fn = jax.jit(infer).lower(p, state, x).compile()
+            compile_s = time.perf_counter() - t0
+            return Runner(name, lambda: fn(p, state, x), batch, compile_s)
+        if mode != "train":
+            raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+        opt = _optimizer(optimizer)
+
+        def loss_fn(params, state, x, y, rng):
+            out, new_state = model.apply(cast(params) if dtype != "float32" else params, state, x,
+                                         train=True, rng=rng)
+            return cross_entropy(_main_logits(out), y), new_state
+
+        def train_step(carry, x, y):
+            params, state, opt_state, step = carry
+            rng = jax.random.fold_in(key, step)
+            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, state, x, y, rng)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            params = jax.tree_util.tree_map(lambda a, u: a + u, params, updates)
+            return (params, new_state, opt_state, step + 1), loss
+
+        carry = (params, state, opt.init(params), jnp.zeros((), jnp.int32))
+        t0 = time.perf_counter()
+        fn = jax.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
+        compile_s = time.perf_counter() - t0
+    box = [carry]
+
+    def step():
+        box[0], loss = fn(box[0], x, y)
+        return loss
+
+    return Runner(name, step, batch, compile_s)
+
+
+def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
+                    optimizer: str = "sgd") -> tuple[float, float]:
+    """``(trace+lower seconds, compile seconds)`` of the train step or inference call,
+    nothing run (section 3 of the speed issue: deep ResNets compile slowly)."""
+    dt = DTYPES[dtype]
+    shape = (batch, size, size, model.config["input_shape"][-1])
+    abstract, _ = model.abstract_init(shape)
+    x = jax.ShapeDtypeStruct(shape, dt)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    opt = _optimizer(optimizer)
+    params, state = abstract["params"], abstract["state"]
+    key = jax.random.key(0)
+
+    def train_step(params, state, opt_state, x, y):
+        def loss_fn(params):
+            out, new_state = model.apply(params, state, x, train=True, rng=key)
+            return cross_entropy(_main_logits(out), y), new_state
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return jax.tree_util.tree_map(lambda a, u: a + u, params, updates), new_state, opt_state, loss
+
+    def infer(params, state, x):
+        return _main_logits(model.apply(params, state, x)[0])
+
+    t0 = time.perf_counter()
+    if mode == "train":
+        opt_state = jax.eval_shape(opt.init, params)
+        lowered = jax.jit(train_step).lower(params, state, opt_state, x, y)
+    else:
+        lowered = jax.jit(infer).lower(params, state, x)
+    t1 = time.perf_counter()
+    lowered.compile()
+    return t1 - t0, time.perf_counter() - t1
+
+
+# ----------------------------------------------------------------------------------------
+# torch runners (optional dependency).
+
+TORCHVISION = {"alexnet": "alexnet", "vgg16": "vgg16", "vgg11": "vgg11", "vgg13": "vgg13",
+               "vgg19": "vgg19", "vgg16_bn": "vgg16_bn", "googlenet": "googlenet",
+               "resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
+               "resnet101": "resnet101", "resnet152": "resnet152"}
+
+
+def torch_model(name: str, num_classes: int):
+    """The torchvision counterpart of a zoo model (random weights), or LeNet-5's modern
+    reading written here (torchvision has none)."""
+    import torch
+    from torch import nn as tnn
+    if name == "lenet5":
+        return tnn.Sequential(
+            tnn.Conv2d(1, 6, 5), tnn.ReLU(), tnn.MaxPool2d(2, 2),
+            tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2, 2), tnn.Flatten(),
+            tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+            tnn.Linear(84, num_classes))
+    if name not in TORCHVISION:
+        raise KeyError(f"no torch counterpart for {name!r}")
+    import torchvision
+    kwargs = dict(weights=None, num_classes=num_classes)
+    if name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    torch.manual_seed(0)
+    return getattr(torchvision.models, TORCHVISION[name])(**kwargs)
+
+
+def torch_runner(name: str, mode: str, batch: int, size: int, channels: int, num_classes: int,
+                 dtype: str = "float32", *, channels_last: bool = False, optimizer: str = "sgd",
+                 label: str | None = None) -> Runner:
+    """The torch eager counterpart: ``inference_mode`` forward, or a forward + backward +
+    optimizer step (bfloat16: ``torch.autocast``). NCHW or channels_last memory format."""
+    import torch
+    model = torch_model(name, num_classes)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" \
+        else contextlib.nullcontext
+    label = label or ("torch_cl" if channels_last else "torch")
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                return model(x)
+
+        return Runner(label, step, batch)
+    model.train()
+    opt = (torch.optim.Adam(model.parameters(), 1e-3) if optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(x)
+            out = out.logits if hasattr(out, "logits") else out
+            loss = loss_fn(out.float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return Runner(label, step, batch)
+
+
+# ----------------------------------------------------------------------------------------
+# Interleaved timing.
+
+def interleaved(runners: Sequence[Runner], rounds: int = 5, min_rep_s: float = 0.2,
+                warmup: int = 2) -> dict:
+    """Time ``runners`` round by round: each round runs every runner once (the order
+    rotating), one repetition being ``calls`` calls (chosen at warm-up so a repetition
+    lasts about ``min_rep_s``). Returns per runner its seconds per call of every round."""
+    calls = {}
+    for r in runners:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            _block(r.step())
+        per = (time.perf_counter() - t0) / warmup
+        calls[r.name] = max(1, int(min_rep_s / max(per, 1e-6)))
+    times = {r.name: [] for r in runners}
+    for k in range(rounds):
+        order = list(runners[k % len(runners):]) + list(runners[:k % len(runners)])
+        for r in order:
+            n = calls[r.name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                out = r.step()
+            _block(out)
+            times[r.name].append((time.perf_counter() - t0) / n)
+    return dict(times=times, calls=calls)
+
+
+def stats(seconds: Sequence[float], batch: int, flops: float | None = None,
+          peak: float | None = None) -> dict:
+    """img/s median, min, max (from seconds per call) and the achieved GFLOP/s."""
+    med = statistics.median(seconds)
+    out = dict(seconds_median=med, img_s_median=batch / med, img_s_min=batch / max(seconds),
+               img_s_max=batch / min(seconds), reps=len(seconds))
+    if flops:
+        out["gflops"] = flops / med / 1e9
+        if peak:
+            out["fraction_of_peak"] = out["gflops"] / peak
+    return out
+
+
+def conv_choices(model, input_shape, *, impl: str = "auto", levers: Mapping | None = None,
+                 dtype: str = "float32") -> list[tuple]:
+    """What each conv of ``model`` runs as for ``input_shape`` under a setting (traced
+    abstractly, nothing computed): rows ``(path, impl, input shape, kernel shape)``."""
+    abstract, _ = model.abstract_init(input_shape)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), DTYPES[dtype])
+    with conv_setting(impl, levers), nn.recording_conv_choices() as rows:
+        jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], abstract["params"],
+                       abstract["state"], x)
+    return rows
+
+
+#: Lever variants: name -> (impl, levers, applies to 'infer'/'train'), each measured
+#: against the default policy ('auto', all levers on) in the same run.
+LEVER_VARIANTS = {
+    "xla": ("xla", {}, ("infer", "train")),                        # plain JAX: every conv XLA's
+    "no_small_map": ("auto", {"small_map": 0}, ("infer", "train")),
+    "no_pointwise": ("auto", {"pointwise": False}, ("infer", "train")),
+    "with_single_channel": ("auto", {"single_channel": True}, ("infer", "train")),  # off by default
+    "no_mmgrad": ("auto", {"weight_grad": "xla"}, ("train",)),
+    "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
+}
+
+
+def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
+    """The :data:`LEVER_VARIANTS` that change something for this model and mode (their
+    conv choices differ from the default policy's, or the lever acts in this mode/dtype)."""
+    def same_program(rows):  # in inference 'xla+mmgrad' runs XLA's forward: the same program
+        return [(p, "xla" if mode == "infer" and i == "xla+mmgrad" else i, x, w) for p, i, x, w in rows]
+
+    base = same_program(conv_choices(model, input_shape, dtype=dtype))
+    out = {}
+    for name, (impl, levers, modes) in LEVER_VARIANTS.items():
+        if mode not in modes:
+            continue
+        if name == "bf16_native":
+            if dtype != "bfloat16":
+                continue
+        elif name == "no_mmgrad":
+            if not any(c[1] == "xla+mmgrad" for c in base):
+                continue
+        elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
+                                       dtype=dtype)) == base:
+            continue
+        out[name] = (impl, levers)
+    return out
