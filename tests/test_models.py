@@ -39,6 +39,17 @@ def small_shape(name, batch=2):
     return (batch, size, size, c)
 
 
+_JIT_APPLY = {}
+
+
+def jitted_apply(model):
+    """One compiled apply per model: eager mode compiles every op for every new shape,
+    which on deep nets costs far more than compiling the whole graph once."""
+    if model.name not in _JIT_APPLY:
+        _JIT_APPLY[model.name] = jax.jit(model.apply, static_argnames=("train",))
+    return _JIT_APPLY[model.name]
+
+
 @pytest.fixture(scope="module")
 def small_variables():
     cache = {}
@@ -76,7 +87,7 @@ def test_init_predicted_shape_equals_real_output(name, small_variables):
     model, variables = small_variables(name)
     shape = small_shape(name)
     x = jax.random.normal(jax.random.key(1), shape)
-    logits, _ = model.apply(variables["params"], variables["state"], x)
+    logits, _ = jitted_apply(model)(variables["params"], variables["state"], x)
     assert logits.shape == model.output_shape(shape) == (2, model.config["num_classes"])
     assert bool(jnp.all(jnp.isfinite(logits)))
 
@@ -86,10 +97,10 @@ def test_jit_equals_eager_and_eval_is_per_example(name, small_variables):
     model, variables = small_variables(name)
     x = jax.random.normal(jax.random.key(2), small_shape(name))
     eager, _ = model.apply(variables["params"], variables["state"], x)
-    jitted, _ = jax.jit(model.apply)(variables["params"], variables["state"], x)
+    jitted, _ = jitted_apply(model)(variables["params"], variables["state"], x)
     np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(eager))))
-    single, _ = model.apply(variables["params"], variables["state"], x[:1])
-    np.testing.assert_allclose(single[0], eager[0], rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.max(jnp.abs(eager)))))
+    single, _ = jitted_apply(model)(variables["params"], variables["state"], x[:1])
+    np.testing.assert_allclose(single[0], jitted[0], rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.max(jnp.abs(eager)))))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -104,9 +115,10 @@ def test_train_mode_updates_bn_state_and_eval_leaves_it(name, small_variables):
     model, variables = small_variables(name)
     x = jax.random.normal(jax.random.key(3), small_shape(name, batch=4))
     params, state = variables["params"], variables["state"]
-    _, eval_state = model.apply(params, state, x, train=False)
+    apply = jitted_apply(model)
+    _, eval_state = apply(params, state, x, train=False)
     assert jax.tree_util.tree_all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), eval_state, state))
-    train_logits, train_state = model.apply(params, state, x, train=True, rng=jax.random.key(4))
+    train_logits, train_state = apply(params, state, x, train=True, rng=jax.random.key(4))
     assert jax.tree_util.tree_structure(train_state) == jax.tree_util.tree_structure(state)
     if jax.tree_util.tree_leaves(state):
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), train_state, state)
@@ -123,13 +135,14 @@ def test_dropout_depends_on_rng_and_is_off_in_eval(name, small_variables):
     model, variables = small_variables(name)
     params, state = variables["params"], variables["state"]
     x = jax.random.normal(jax.random.key(5), small_shape(name, batch=4))
-    a, _ = model.apply(params, state, x, train=True, rng=jax.random.key(1))
-    b, _ = model.apply(params, state, x, train=True, rng=jax.random.key(2))
-    a2, _ = model.apply(params, state, x, train=True, rng=jax.random.key(1))
+    apply = jitted_apply(model)
+    a, _ = apply(params, state, x, train=True, rng=jax.random.key(1))
+    b, _ = apply(params, state, x, train=True, rng=jax.random.key(2))
+    a2, _ = apply(params, state, x, train=True, rng=jax.random.key(1))
     assert float(jnp.max(jnp.abs(a - b))) > 1e-6
     np.testing.assert_array_equal(a, a2)
-    e1, _ = model.apply(params, state, x)
-    e2, _ = model.apply(params, state, x)
+    e1, _ = apply(params, state, x)
+    e2, _ = apply(params, state, x)
     np.testing.assert_array_equal(e1, e2)
     with pytest.raises(ValueError, match="rng"):
         model.apply(params, state, x, train=True)

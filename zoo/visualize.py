@@ -1,0 +1,425 @@
+"""Pictures: score-map overlays, first-layer filter grids, activation maps.
+
+Everything writes a PNG and returns its path. Weights are always a parameter (random,
+trained or imported: the pictures do not care where they come from).
+
+- :func:`save_score_map`: the image with one class's score map as a heat overlay, beside a
+  grid of the top classes' maps; the title gives the map size and stride.
+- :func:`filter_grid` / :func:`save_filter_grid`: a conv kernel (HWIO) as a grid of small
+  images (Krizhevsky et al. 2012, fig. 3).
+- :func:`layer_output` / :func:`save_activation_grid`: the output of a named layer for an
+  image, one tile per channel.
+- :func:`load_image`: a path, or the name of a photo shipped with scikit-image
+  (``chelsea``, ``coffee``, ``astronaut``, ...).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import nn
+
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera")
+
+
+# ----------------------------------------------------------------------------------------
+# Images in.
+
+def load_image(spec: str) -> np.ndarray:
+    """uint8 (H, W, 3) or (H, W) array from a file path or a scikit-image photo name."""
+    if spec in SKIMAGE_PHOTOS and not os.path.exists(spec):
+        from skimage import data as skdata
+
+        return np.asarray(getattr(skdata, spec)())
+    from PIL import Image
+
+    with Image.open(spec) as im:
+        return np.asarray(im.convert("RGB" if im.mode not in ("L", "I", "F") else "L"))
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (H, W, channels): luma (ITU-R 601) for 1, repeat for 3."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.shape[-1] == channels:
+        return image
+    if channels == 1:
+        luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return luma[..., None].astype(image.dtype) if image.dtype != np.uint8 else \
+            np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+    if channels == 3 and image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    raise ValueError(f"cannot convert an image with {image.shape[-1]} channels to {channels}")
+
+
+def prepare_image(image: np.ndarray, config: Mapping, size: int | None = None, *,
+                  invert: bool = False) -> np.ndarray:
+    """A network-ready float32 (H, W, C) array: channels as the model's, the shorter side
+    resized to ``size`` (aspect kept; None: unchanged), scaled to [0, 1] and normalised
+    with the config's ``mean``/``std``. ``invert`` flips intensities (dark-on-light digits
+    to the white-on-black the digit models saw)."""
+    from PIL import Image
+
+    channels = config["input_shape"][-1]
+    array = to_channels(image, channels)
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(np.asarray(array, np.float32) * 255), 0, 255).astype(np.uint8)
+    if size is not None:
+        h, w = array.shape[:2]
+        scale = size / min(h, w)
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pil = Image.fromarray(array[..., 0] if channels == 1 else array)
+        array = np.asarray(pil.resize(new, Image.BILINEAR, reducing_gap=None))
+        array = array[..., None] if array.ndim == 2 else array
+    x = array.astype(np.float32) / 255.0
+    if invert:
+        x = 1.0 - x
+    mean = np.asarray(config.get("mean", (0.0,) * channels), np.float32)
+    std = np.asarray(config.get("std", (1.0,) * channels), np.float32)
+    return (x - mean) / std
+
+
+def display_image(x: np.ndarray, config: Mapping | None = None) -> np.ndarray:
+    """A normalised network input back to [0, 1] for display."""
+    x = np.asarray(x, np.float32)
+    if config is not None:
+        x = x * np.asarray(config.get("std", 1.0), np.float32) + np.asarray(config.get("mean", 0.0), np.float32)
+    x = np.clip(x, 0.0, 1.0)
+    return x[..., 0] if x.shape[-1] == 1 else x
+
+
+# ----------------------------------------------------------------------------------------
+# Score maps.
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_score_map(image: np.ndarray, scores, path: str, *, stride: int, train_size=(224, 224),
+                   class_names: Sequence[str] | None = None, cls: int | None = None, top: int = 4,
+                   title: str | None = None, probabilities: bool = True, alpha: float = 0.55,
+                   size_inches=(12.0, 5.0), dpi: int = 100) -> str:
+    """A PNG of ``image`` (display-ready, (H, W[, 3]) in [0, 1] or uint8) with the score
+    map of class ``cls`` (default: the top class of the pooled map) as a heat overlay, and
+    a grid of the ``top`` classes' maps.
+
+    ``scores``: (P, Q, K); cell (p, q) stands for the ``train_size`` crop at pixel
+    ``(p*stride, q*stride)``, so it is drawn centred on that crop's centre, one stride wide.
+    ``probabilities``: show per-cell softmax probabilities (else raw scores). The PNG is
+    ``size_inches * dpi`` pixels.
+    """
+    plt = _pyplot()
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be (P, Q, K), got shape {scores.shape}")
+    p_rows, q_cols, k = scores.shape
+    maps = np.asarray(jax.nn.softmax(scores, axis=-1)) if probabilities else scores
+    pooled = maps.mean(axis=(0, 1))
+    order = [int(c) for c in np.argsort(-pooled)[:max(1, min(top, k))]]
+    cls = order[0] if cls is None else int(cls)
+    if not 0 <= cls < k:
+        raise ValueError(f"class {cls} is out of range for {k} classes")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    label = lambda c: f"{names[c]}" if names[c] == str(c) else f"{c}: {names[c]}"  # noqa: E731
+
+    th, tw = train_size
+    # Cell centres are at (tw/2 + q*stride); each cell spans one stride.
+    extent = (tw / 2 - stride / 2, tw / 2 + (q_cols - 0.5) * stride,
+              th / 2 + (p_rows - 0.5) * stride, th / 2 - stride / 2)
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    h, w = img.shape[:2]
+
+    fig = plt.figure(figsize=size_inches, dpi=dpi)
+    n_grid = len(order)
+    if w / h > 1.6:  # a wide image: overlay on top, the class maps in rows below
+        cols = min(n_grid, 3)
+        rows = math.ceil(n_grid / cols)
+        outer = fig.add_gridspec(2, 1, height_ratios=(1.3, 1.0), hspace=0.25)
+    else:
+        cols = math.ceil(math.sqrt(n_grid))
+        rows = math.ceil(n_grid / cols)
+        outer = fig.add_gridspec(1, 2, width_ratios=(1.25, 1.0), wspace=0.12)
+    ax = fig.add_subplot(outer[0])
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, w, h, 0))
+    vmax = float(maps[..., cls].max()) if probabilities else None
+    heat = ax.imshow(maps[..., cls], cmap="jet", alpha=alpha, extent=extent,
+                     interpolation="bilinear", vmin=0.0 if probabilities else None, vmax=vmax)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_title(f"class {label(cls)} (pooled {pooled[cls]:.3f})", fontsize=10)
+    ax.axis("off")
+    fig.colorbar(heat, ax=ax, fraction=0.035, pad=0.02)
+    inner = outer[1].subgridspec(rows, cols, hspace=0.35, wspace=0.15)
+    # One colour scale for the grid, so that the maps compare.
+    lo, hi = (0.0, float(maps[..., order].max())) if probabilities else \
+        (float(maps[..., order].min()), float(maps[..., order].max()))
+    for i, c in enumerate(order):
+        sub = fig.add_subplot(inner[i // cols, i % cols])
+        sub.imshow(maps[..., c], cmap="viridis", interpolation="nearest", vmin=lo, vmax=hi)
+        sub.set_title(f"{label(c)[:22]} {pooled[c]:.3f}", fontsize=8)
+        sub.set_xticks([])
+        sub.set_yticks([])
+    head = title or "fully-convolutional score map"
+    fig.suptitle(f"{head}\nmap {p_rows}x{q_cols}, stride {stride} px, image {h}x{w}, "
+                 f"crop {th}x{tw}", fontsize=11)
+    _save(fig, path, dpi)
+    return path
+
+
+def _save(fig, path, dpi):
+    plt = _pyplot()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Filters and activations as image grids (NumPy + Pillow, no axes).
+
+def _tile(tiles: np.ndarray, cols: int | None = None, pad: int = 1, fill: float = 1.0) -> np.ndarray:
+    """(n, h, w[, 3]) in [0, 1] -> one grid image, ``pad`` pixels of ``fill`` between tiles."""
+    n, h, w = tiles.shape[:3]
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    shape = (rows * (h + pad) + pad, cols * (w + pad) + pad) + tiles.shape[3:]
+    grid = np.full(shape, fill, np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+             pad + c * (w + pad):pad + c * (w + pad) + w] = tiles[i]
+    return grid
+
+
+def _unit(a: np.ndarray, axes) -> np.ndarray:
+    lo = a.min(axis=axes, keepdims=True)
+    hi = a.max(axis=axes, keepdims=True)
+    return (a - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def filter_grid(kernel, *, cols: int | None = None, per_filter: bool = True) -> np.ndarray:
+    """A conv kernel (kh, kw, Cin, Cout) as a grid image in [0, 1]: one tile per output
+    filter, RGB when ``Cin == 3``, grey for 1 (other widths: the mean over inputs).
+    ``per_filter``: stretch each filter to the full range (else one range for all)."""
+    k = np.asarray(kernel, np.float32)
+    if k.ndim != 4:
+        raise ValueError(f"expected an HWIO kernel, got shape {k.shape}")
+    tiles = np.moveaxis(k, 3, 0)  # (Cout, kh, kw, Cin)
+    if tiles.shape[-1] not in (1, 3):
+        tiles = tiles.mean(axis=-1, keepdims=True)
+    tiles = _unit(tiles, (1, 2, 3) if per_filter else (0, 1, 2, 3))
+    if tiles.shape[-1] == 1:
+        tiles = tiles[..., 0]
+    return _tile(tiles, cols)
+
+
+def _write_png(array: np.ndarray, path: str, scale: int = 1) -> str:
+    from PIL import Image
+
+    a = np.clip(np.asarray(array, np.float32), 0, 1)
+    a = (a * 255 + 0.5).astype(np.uint8)
+    if scale > 1:
+        a = np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def save_filter_grid(kernel, path: str, *, scale: int | None = None, cols: int | None = None) -> str:
+    """:func:`filter_grid` as a PNG, each pixel ``scale`` x ``scale`` (default: tiles of
+    about 40 pixels)."""
+    grid = filter_grid(kernel, cols=cols)
+    kh = np.shape(kernel)[0]
+    return _write_png(grid, path, scale or max(1, 40 // kh))
+
+
+def first_conv(model, params) -> tuple[str, np.ndarray]:
+    """``(path, kernel)`` of the first conv layer in the network, HWIO (a masked conv's
+    kernel is expanded to the dense form)."""
+    for path, layer in _walk(model.network):
+        if layer.kind == "conv":
+            p = params
+            for name in path:
+                p = p[name]
+            kernel = p["kernel"]
+            if kernel.ndim == 3:  # LeNet-5's masked C3 style: (kh, kw, connections)
+                raise ValueError(f"first conv '{'/'.join(path)}' is masked; not drawable")
+            return "/".join(path), np.asarray(kernel)
+    raise ValueError(f"{model.name} has no conv layer")
+
+
+def _walk(layer: nn.Layer, path=()):
+    """Every layer of the tree in order, descending into all children."""
+    if not layer.children:
+        yield path, layer
+    for name, child in layer.children:
+        yield from _walk(child, path + (name,))
+
+
+def activation_grid(acts, *, max_maps: int = 64, cols: int | None = None) -> np.ndarray:
+    """Activations (H, W, C) as an RGB grid image: the first ``max_maps`` channels, each
+    stretched to [0, 1] and coloured with viridis."""
+    import matplotlib
+
+    a = np.asarray(acts, np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"expected (H, W, C) activations, got shape {a.shape}")
+    tiles = _unit(np.moveaxis(a[..., :max_maps], 2, 0), (1, 2))
+    rgb = matplotlib.colormaps["viridis"](tiles)[..., :3]
+    return _tile(rgb, cols)
+
+
+def save_activation_grid(acts, path: str, *, max_maps: int = 64, min_tile: int = 48,
+                         max_tile: int = 128) -> str:
+    """:func:`activation_grid` as a PNG: maps smaller than ``min_tile`` pixels are
+    upscaled (nearest), maps larger than ``max_tile`` subsampled, to keep files small."""
+    a = np.asarray(acts)
+    h = a.shape[0]
+    if h > max_tile:
+        step = math.ceil(h / max_tile)
+        a = a[::step, ::step]
+    grid = activation_grid(a, max_maps=max_maps)
+    return _write_png(grid, path, max(1, math.ceil(min_tile / a.shape[0])))
+
+
+def _is_sequence(layer: nn.Layer) -> bool:
+    return layer.kind == "sequential" or (layer.kind.startswith("sequential")
+                                          and bool(layer.config.get("taps")))
+
+
+def truncate(layer: nn.Layer, path: Sequence[str], where=()) -> nn.Layer:
+    """The network up to and including the layer at ``path``, descending through
+    Sequentials; it takes the original params (unused entries are ignored)."""
+    if not path:
+        return layer
+    if not _is_sequence(layer):
+        raise ValueError(f"'{'/'.join(where) or '<network>'}' is a {layer.kind!r} layer; "
+                         f"activations can be taken at the layers of Sequentials only")
+    aux = set(layer.config.get("taps") or ())
+    names = [n for n, _ in layer.children if n not in aux]
+    if path[0] not in names:
+        raise ValueError(f"no layer {path[0]!r} in '{'/'.join(where) or '<network>'}'; "
+                         f"layers: {', '.join(names)}")
+    items = []
+    for name, child in layer.children:
+        if name in aux:
+            continue
+        if name == path[0]:
+            items.append((name, truncate(child, path[1:], where + (name,))))
+            break
+        items.append((name, child))
+    return nn.Sequential(items)
+
+
+def layer_output(model, variables, x, layer: str):
+    """The output of the layer named ``layer`` (``"conv1"``, ``"features/conv3_1"``,
+    ``"layer2"``) for the input batch ``x`` (N, H, W, C), in eval mode."""
+    net = truncate(model.network, tuple(layer.split("/")))
+    fn = jax.jit(lambda p, s, x: net.apply(p, s, x)[0])
+    return fn(variables["params"], variables.get("state", {}), jnp.asarray(x))
+
+
+def layer_names(model) -> list[str]:
+    """The paths :func:`layer_output` accepts."""
+    out = []
+
+    def visit(layer, path):
+        if not _is_sequence(layer):
+            return
+        aux = set(layer.config.get("taps") or ())
+        for name, child in layer.children:
+            if name in aux:
+                continue
+            out.append("/".join(path + (name,)))
+            visit(child, path + (name,))
+
+    visit(model.network, ())
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Models with weights, and the score-map report behind `evaluate.py --fully-conv`.
+
+def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape=None):
+    """``(model, variables, class_names, config)``. ``weights``: ``"random"`` (an init from
+    ``seed``), a weight tag (``"lenet5.digits"``, ``"vgg16.tv_in1k"``) or a file, loaded by
+    :func:`zoo.pretrained.load`. ``config`` has the mean/std the weights expect."""
+    import zoo
+
+    if weights in ("random", "", None):
+        model = zoo.create(name)
+        shape = input_shape or model.default_input_shape()
+        variables = jax.jit(model.init, static_argnums=1)(jax.random.key(seed), tuple(shape))
+        k = int(model.config["num_classes"])
+        names = _default_class_names(k)
+        return model, variables, names, dict(model.config)
+    from . import pretrained
+
+    model, variables, info = pretrained.load(weights, name, input_shape=input_shape, with_info=True)
+    config = dict(model.config)
+    transforms = info.get("transforms")
+    if transforms is not None:
+        config["mean"], config["std"] = tuple(transforms.mean), tuple(transforms.std)
+    return model, variables, list(info["class_names"]), config
+
+
+def _default_class_names(k: int) -> list[str]:
+    if k == 1000:
+        try:
+            from . import pretrained
+
+            return list(pretrained.imagenet_classes())
+        except Exception:  # noqa: BLE001 - names are a nicety
+            pass
+    return [str(i) for i in range(k)]
+
+
+def score_map_report(model, variables, image: np.ndarray, out: str, *, config=None,
+                     size: int | None = 384, stride: int | None = None,
+                     scales: Sequence[float] = (1.0,), cls: int | None = None, top: int = 5,
+                     class_names: Sequence[str] | None = None, title: str | None = None,
+                     invert: bool = False) -> dict:
+    """Convert ``model``, compute the score map of ``image`` (uint8 photo; shorter side
+    resized to ``size``), write the PNG ``out`` and return ``{"top": [(class, name,
+    probability)], "map", "stride", "receptive_field", "compile_seconds", "run_seconds",
+    "png", "fcn"}``. Probabilities are the softmax of the position-averaged scores."""
+    from . import fully_conv
+
+    config = config or model.config
+    fcn, fvars = fully_conv.convert(model, variables)
+    x = prepare_image(image, config, size, invert=invert)
+    th, tw = fcn.train_size
+    if x.shape[0] < th or x.shape[1] < tw:
+        raise ValueError(f"the image is {x.shape[0]}x{x.shape[1]} after resizing, smaller than "
+                         f"{fcn.name}'s {th}x{tw} crop; use a larger --size")
+    sm = fully_conv.score_map(fcn, fvars, x, stride=stride, scales=scales)
+    k = sm.scores.shape[-1]
+    names = list(class_names) if class_names is not None else _default_class_names(k)
+    probs = np.asarray(jax.nn.softmax(sm.pooled()))
+    order = [int(c) for c in np.argsort(-probs)[:top]]
+    fh, fw = sm.image_size
+    shown = display_image(x[:fh, :fw], config)
+    head = title or (f"{fcn.name} fully convolutional (receptive field {fcn.receptive_field}, "
+                     f"network stride {fcn.stride})")
+    save_score_map(shown, sm.scores, out, stride=sm.stride, train_size=fcn.train_size,
+                   class_names=names, cls=cls, top=min(top, 6), title=head)
+    return {"top": [(c, names[c], float(probs[c])) for c in order],
+            "map": tuple(sm.scores.shape[:2]), "stride": sm.stride,
+            "network_stride": fcn.stride, "receptive_field": fcn.receptive_field,
+            "image_size": sm.image_size, "compile_seconds": sm.compile_seconds,
+            "run_seconds": sm.run_seconds, "png": out, "fcn": fcn}
