@@ -487,9 +487,6 @@ def test_train_with_pretrained_freeze_and_new_head(tmp_path):
     """scripts/train.py --pretrained lenet5.digits --num-classes 12 --freeze 'conv*':
     the frozen params stay bit-identical, the new head is trained."""
     from zoo import train
-
-    if not hasattr(train, "run"):
-        pytest.skip("zoo.train.run not available")
     summary = train.run(dict(model="lenet5", dataset="digits", pretrained="lenet5.digits",
                              num_classes=12, freeze=("conv*",), epochs=1, progress=False,
                              output_dir=str(tmp_path / "run")), verbose=False)
