@@ -20,6 +20,7 @@ a ``ValueError`` listing every missing, unexpected and mis-shaped path with its 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,17 +150,18 @@ def _jsonable(obj):
     return str(obj)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike):
+    """An open binary file that replaces ``path`` only when the block ends without an
+    exception: readers see the old file or the new, never a mix, and a failed or killed
+    write leaves the old one intact."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            view = memoryview(data)
-            for start in range(0, len(view), 1 << 24):
-                f.write(view[start:start + (1 << 24)])
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved weights are ordinary files
@@ -171,6 +173,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as f:
+        view = memoryview(data)
+        for start in range(0, len(view), 1 << 24):
+            f.write(view[start:start + (1 << 24)])
 
 
 def _fsync_dir(directory: str) -> None:

@@ -35,7 +35,6 @@ import pickle
 import re
 import socket
 import sys
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -313,45 +312,33 @@ def _download(spec: WeightSpec, dest: str, progress: bool) -> None:
     why = _reachable(spec.url, CONNECT_TIMEOUT)
     if why:
         raise _unavailable(spec, dest, f"the download failed: {why}")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + spec.file, dir=os.path.dirname(dest))
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(spec.url, timeout=CONNECT_TIMEOUT * 4)
-            except OSError as e:
-                raise _unavailable(spec, dest, f"the download failed: {e}") from None
-            with response:
-                total = int(response.headers.get("Content-Length") or 0)
-                bar = None
-                if progress:
-                    from tqdm import tqdm
-                    bar = tqdm(total=total or None, unit="B", unit_scale=True,
-                               desc=f"downloading {spec.file}", file=sys.stderr)
-                while True:
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    out.write(block)
-                    h.update(block)
-                    if bar:
-                        bar.update(len(block))
+    with ckpt.atomic_output(dest) as out:
+        try:
+            response = urllib.request.urlopen(spec.url, timeout=CONNECT_TIMEOUT * 4)
+        except OSError as e:
+            raise _unavailable(spec, dest, f"the download failed: {e}") from None
+        with response:
+            total = int(response.headers.get("Content-Length") or 0)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=total or None, unit="B", unit_scale=True,
+                           desc=f"downloading {spec.file}", file=sys.stderr)
+            while True:
+                block = response.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+                h.update(block)
                 if bar:
-                    bar.close()
-            out.flush()
-            os.fsync(out.fileno())
+                    bar.update(len(block))
+            if bar:
+                bar.close()
         digest = h.hexdigest()
         if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
             raise ValueError(f"{spec.tag}: downloaded {spec.url} has SHA-256 {digest}, "
                              f"expected a prefix {spec.sha256_prefix}; not saved")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def fetch(tag: str, *, progress: bool = True, check_hash: bool = True) -> str:
