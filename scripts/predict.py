@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
+    import zoo
     from zoo import pretrained
 
     try:
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    apply = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
+    apply = zoo.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
     logits = np.asarray(apply(variables["params"], variables["state"], batch), np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)

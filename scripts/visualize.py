@@ -162,7 +162,7 @@ def _digits_lenet(tag: str, log):
     params, state = variables["params"], variables["state"]
     opt_state = opt.init(params)
 
-    @jax.jit
+    @zoo.jit
     def step(params, opt_state, x, y):
         def loss(p):
             logits = model.apply(p, state, x)[0]

@@ -2,12 +2,15 @@
 
     model = zoo.create("resnet50", num_classes=10)
     variables = model.init(jax.random.key(0), (1, 224, 224, 3))
-    logits, state = model.apply(variables["params"], variables["state"], x)
+    logits, state = zoo.jit(model.apply)(variables["params"], variables["state"], x)
+
+``zoo.jit`` is ``jax.jit`` with the XLA:CPU options zoo's benchmarks chose (:mod:`zoo.xla`).
 """
 from .nn import Layer, count_params
 from .registry import Model, create, get_config, list_models, register
+from .xla import jit
 
 __version__ = "0.1.0"
 
-__all__ = ["Layer", "Model", "count_params", "create", "get_config", "list_models", "register",
-           "__version__"]
+__all__ = ["Layer", "Model", "count_params", "create", "get_config", "jit", "list_models",
+           "register", "__version__"]

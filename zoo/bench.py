@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
+from . import nn, xla
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -32,13 +32,18 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
     """GFLOP/s of one ``n x n`` ``jnp.dot`` (operands passed as arguments, so XLA cannot
     constant-fold them); bfloat16 inputs accumulate in float32 (``preferred_element_type``).
-    The median of ``reps`` timed calls after a warm-up."""
+    The median of ``reps`` timed calls after a warm-up, the better of two compilations:
+    ``jax.jit``'s defaults (YNNPACK's matmul, about 15% faster on a square 2048 product)
+    and :func:`zoo.xla.jit` (XLA's own)."""
     dt = DTYPES[dtype]
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-    fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    times = time_calls(lambda: fn(a, b), reps)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    dot = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)  # noqa: E731
+    best = 0.0
+    for fn in (jax.jit(dot), xla.jit(dot)):
+        times = time_calls(lambda: fn(a, b), reps)
+        best = max(best, 2 * n ** 3 / statistics.median(times) / 1e9)
+    return best
 
 
 def forward_macs(model, image_shape) -> int:
@@ -163,7 +168,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     shape = (batch, size, size, c)
     ncls = model.config["num_classes"]
     key = jax.random.key(seed)
-    variables = jax.jit(model.init, static_argnums=1)(key, shape)
+    variables = xla.jit(model.init, static_argnums=1)(key, shape)
     params, state = variables["params"], variables["state"]
     x = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32).astype(dt)
     y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, ncls)
@@ -181,7 +186,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
                 return _main_logits(model.apply(p, s, x)[0])
 
             t0 = time.perf_counter()
-            fn = jax.jit(infer).lower(p, state, x).compile()
+            fn = xla.jit(infer).lower(p, state, x).compile()
             compile_s = time.perf_counter() - t0
             return Runner(name, lambda: fn(p, state, x), batch, compile_s)
         if mode != "train":
@@ -204,7 +209,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
 
         carry = (params, state, opt.init(params), jnp.zeros((), jnp.int32))
         t0 = time.perf_counter()
-        fn = jax.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
+        fn = xla.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
         compile_s = time.perf_counter() - t0
     box = [carry]
 
@@ -242,9 +247,9 @@ def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float
     t0 = time.perf_counter()
     if mode == "train":
         opt_state = jax.eval_shape(opt.init, params)
-        lowered = jax.jit(train_step).lower(params, state, opt_state, x, y)
+        lowered = xla.jit(train_step).lower(params, state, opt_state, x, y)
     else:
-        lowered = jax.jit(infer).lower(params, state, x)
+        lowered = xla.jit(infer).lower(params, state, x)
     t1 = time.perf_counter()
     lowered.compile()
     return t1 - t0, time.perf_counter() - t1

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
+from . import nn, xla
 from .registry import Model
 
 # Layers that act per position on the last axis, so they can stay in a converted head.
@@ -141,7 +141,7 @@ class FullyConvModel(Model):
 
         t0 = time.perf_counter()
         x_spec = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
-        fn = jax.jit(forward).lower(params, state, x_spec).compile()
+        fn = xla.jit(forward).lower(params, state, x_spec).compile()
         seconds = time.perf_counter() - t0
         self._compiled[key] = fn
         self.compile_seconds[key[:3]] = seconds
@@ -681,7 +681,7 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
     import zoo  # local: the registry imports every family
 
     model = zoo.create(model_name, **({} if num_classes is None else {"num_classes": num_classes}))
-    variables = jax.jit(model.init, static_argnums=1)(jax.random.key(seed), model.default_input_shape())
+    variables = xla.jit(model.init, static_argnums=1)(jax.random.key(seed), model.default_input_shape())
     c = model.config["input_shape"][-1]
     image = jax.random.normal(jax.random.key(seed + 1), (1, size, size, c))
     impls = {"im2col_head": "im2col", "xla_head": "xla", "auto_head": None}
@@ -699,16 +699,16 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
                   ideal_ratio=crop_macs / big_macs, gflop_big=2 * big_macs / 1e9,
                   gflop_crops=2 * crop_macs / 1e9, repeats=repeats)
     p, s = variables["params"], variables["state"]
-    crop_fn = jax.jit(lambda p, s, x: model.apply(p, s, x)[0])
+    crop_fn = xla.jit(lambda p, s, x: model.apply(p, s, x)[0])
     singles = [batch[k:k + 1] for k in range(n_crops)]
     runners = {"crops_batched": lambda: crop_fn(p, s, batch),
                "crops_calls": lambda: [crop_fn(p, s, x1) for x1 in singles][-1]}
     if crops_per_example:
-        map_fn = jax.jit(lambda p, s, x: jax.lax.map(
+        map_fn = xla.jit(lambda p, s, x: jax.lax.map(
             lambda xi: model.apply(p, s, xi[None])[0][0], x))
         runners["crops_lax_map"] = lambda: map_fn(p, s, batch)
     for variant, (f, fv) in fcns.items():
-        fn = jax.jit(lambda p, s, x, net=f.network: net.apply(p, s, x)[0])
+        fn = xla.jit(lambda p, s, x, net=f.network: net.apply(p, s, x)[0])
         runners[f"fcn_{variant}"] = (lambda fn=fn, fv=fv: fn(fv["params"], fv["state"], image))
     outputs = {}
     for name, run in runners.items():  # warm-up: compiles

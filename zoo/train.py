@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
-from . import registry
+from . import registry, xla
 from .nn import count_params
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -369,10 +369,10 @@ class Trainer:
                              if cfg.freeze and state_template is not None else None)
         self.tx, self.schedule = make_optimizer(cfg, steps_per_epoch, params_template,
                                                 classifier=self.classifier, frozen=self.frozen)
-        self._train_step = jax.jit(self._step, donate_argnums=0,
+        self._train_step = xla.jit(self._step, donate_argnums=0,
                                    out_shardings=(self.replicated, self.replicated))
-        self._eval_step = jax.jit(self._eval, out_shardings=(self.replicated, self.batch_sharding))
-        self._init = jax.jit(self._make_state, out_shardings=self.replicated)
+        self._eval_step = xla.jit(self._eval, out_shardings=(self.replicated, self.batch_sharding))
+        self._init = xla.jit(self._make_state, out_shardings=self.replicated)
 
     # -- state
     def _make_state(self, params, state, rng):
@@ -396,7 +396,7 @@ class Trainer:
 
     @staticmethod
     def _init_copy(ts):
-        return jax.jit(_copy_tree)(ts)
+        return xla.jit(_copy_tree)(ts)
 
     # -- batches
     def put_batch(self, *arrays):

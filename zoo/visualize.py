@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
+from . import nn, xla
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera")
 
@@ -330,7 +330,7 @@ def layer_output(model, variables, x, layer: str):
     """The output of the layer named ``layer`` (``"conv1"``, ``"features/conv3_1"``,
     ``"layer2"``) for the input batch ``x`` (N, H, W, C), in eval mode."""
     net = truncate(model.network, tuple(layer.split("/")))
-    fn = jax.jit(lambda p, s, x: net.apply(p, s, x)[0])
+    fn = xla.jit(lambda p, s, x: net.apply(p, s, x)[0])
     return fn(variables["params"], variables.get("state", {}), jnp.asarray(x))
 
 
@@ -364,7 +364,7 @@ def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape
     if weights in ("random", "", None):
         model = zoo.create(name)
         shape = input_shape or model.default_input_shape()
-        variables = jax.jit(model.init, static_argnums=1)(jax.random.key(seed), tuple(shape))
+        variables = xla.jit(model.init, static_argnums=1)(jax.random.key(seed), tuple(shape))
         k = int(model.config["num_classes"])
         names = _default_class_names(k)
         return model, variables, names, dict(model.config)

@@ -1,0 +1,38 @@
+"""zoo.jit: jax.jit with zoo's XLA:CPU options (no YNNPACK fusions), same numbers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from zoo import xla
+
+
+def _small_convnet():
+    model = zoo.create("lenet5")
+    variables = model.init(jax.random.key(0), (4, 32, 32, 1))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
+    return model, variables, x
+
+
+def test_zoo_jit_compiles_without_library_fusions_and_matches_jax_jit():
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options apply to XLA:CPU only")
+    model, v, x = _small_convnet()
+    fn = lambda p, s, x: model.apply(p, s, x)[0]  # noqa: E731
+    hlo = zoo.jit(fn).lower(v["params"], v["state"], x).compile().as_text()
+    assert "__ynn_fusion" not in hlo
+    assert xla.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    np.testing.assert_allclose(zoo.jit(fn)(v["params"], v["state"], x),
+                               jax.jit(fn)(v["params"], v["state"], x), rtol=1e-5, atol=1e-5)
+
+
+def test_zoo_jit_keeps_jax_jit_arguments_and_decorator_forms():
+    @zoo.jit(static_argnums=1)
+    def power(x, n):
+        return x ** n
+
+    assert float(power(jnp.float32(3.0), 2)) == 9.0
+    double = zoo.jit(lambda x: 2 * x, compiler_options={"xla_cpu_enable_fast_math": False})
+    np.testing.assert_array_equal(double(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+    assert xla.compiler_options("gpu") == {}
