@@ -18,7 +18,7 @@ train: install
 	$(PY) scripts/train.py
 
 test: install
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 benchmark: install
 	$(PY) scripts/benchmark.py

@@ -65,6 +65,12 @@ class Model:
         """``(logits, new_state)``; ``train=True`` uses batch statistics and dropout (which
         needs ``rng``)."""
         self._check_shape(tuple(x.shape))
+        if train and rng is None:
+            dropout = [p for p, layer in nn.leaf_layers(self.network)
+                       if layer.kind == "dropout" and layer.config["rate"] > 0]
+            if dropout:
+                raise ValueError(f"{self.name}: train=True needs an explicit rng for its dropout "
+                                 f"layers ({', '.join('/'.join(p) for p in dropout)})")
         return self.network.apply(params, state, x, train=train, rng=rng)
 
     def _check_shape(self, shape):

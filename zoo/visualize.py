@@ -251,7 +251,7 @@ def save_filter_grid(kernel, path: str, *, scale: int | None = None, cols: int |
 def first_conv(model, params) -> tuple[str, np.ndarray]:
     """``(path, kernel)`` of the first conv layer in the network, HWIO (a masked conv's
     kernel is expanded to the dense form)."""
-    for path, layer in _walk(model.network):
+    for path, layer in nn.leaf_layers(model.network):
         if layer.kind == "conv":
             p = params
             for name in path:
@@ -261,14 +261,6 @@ def first_conv(model, params) -> tuple[str, np.ndarray]:
                 raise ValueError(f"first conv '{'/'.join(path)}' is masked; not drawable")
             return "/".join(path), np.asarray(kernel)
     raise ValueError(f"{model.name} has no conv layer")
-
-
-def _walk(layer: nn.Layer, path=()):
-    """Every layer of the tree in order, descending into all children."""
-    if not layer.children:
-        yield path, layer
-    for name, child in layer.children:
-        yield from _walk(child, path + (name,))
 
 
 def activation_grid(acts, *, max_maps: int = 64, cols: int | None = None) -> np.ndarray:
