@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import ops
+
 Shape = tuple[int, ...]
 
 ROUNDING_RULES = ("exact", "floor", "ceil")
@@ -582,10 +584,11 @@ def _pool(kind, window, stride, padding, rounding, reducer):
 
 
 def MaxPool(window, stride=None, padding=0, rounding="exact") -> Layer:
-    """Max pooling; padding and the ceil rule's extra border are -inf (never selected)."""
+    """Max pooling; padding and the ceil rule's extra border are -inf (never selected).
+    The gradient goes to the first maximum of each window (:func:`zoo.ops.max_pool`)."""
 
     def reduce_max(x, dims, strides, pads):
-        return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, dims, strides, pads)
+        return ops.max_pool(x, dims[1:3], strides[1:3], pads[1:3])
 
     return _pool("maxpool", window, stride, padding, rounding, reduce_max)
 
@@ -684,7 +687,8 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
     """Batch normalization (Ioffe & Szegedy 2015) over N, H, W, with PyTorch's semantics:
     train normalises with the biased batch variance and updates the running statistics
     ``r <- (1 - momentum) r + momentum * batch`` with the unbiased one; eval uses the
-    running statistics. Statistics are computed in float32 whatever the input dtype."""
+    running statistics. Statistics are computed in float32 whatever the input dtype; the
+    training path is :func:`zoo.ops.batch_norm_train` (sums as dots, an analytic backward)."""
 
     def init(key, in_shape):
         c = in_shape[-1]
@@ -694,17 +698,15 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
         return in_shape, params, state
 
     def apply(params, state, x, *, train=False, rng=None):
-        axes = tuple(range(x.ndim - 1))
         if train:
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
-            n = math.prod(x.shape[a] for a in axes)
+            y, mean, var = ops.batch_norm_train(x.astype(jnp.float32), params["scale"],
+                                                params["bias"], eps)
+            n = x.size // x.shape[-1]
             unbiased = var * (n / max(n - 1, 1))
             new_state = {"mean": (1 - momentum) * state["mean"] + momentum * mean,
                          "var": (1 - momentum) * state["var"] + momentum * unbiased}
-        else:
-            mean, var, new_state = state["mean"], state["var"], state
+            return y.astype(x.dtype), new_state
+        mean, var, new_state = state["mean"], state["var"], state
         scale = params["scale"] * jax.lax.rsqrt(var + eps)
         shift = params["bias"] - mean * scale
         return x * scale.astype(x.dtype) + shift.astype(x.dtype), new_state
