@@ -408,8 +408,8 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     matrix product per group: the notes' "implementation as matrix multiplication"),
     ``'auto'`` or ``None`` (the :func:`conv_impl` setting, default ``'auto'``, which asks
     :func:`conv_policy` per layer, by shape, when traced; eager calls get ``'xla'``). All
-    give the same values and gradients within float tolerance. The result has ``x``'s dtype; bfloat16/float16 inputs accumulate in
-    float32 (see :data:`CONV_LEVERS`).
+    give the same values and gradients within float tolerance. The result has ``x``'s
+    dtype; bfloat16/float16 inputs accumulate in float32 (see :data:`CONV_LEVERS`).
     """
     stride, padding, dilation = map(_pair, (stride, padding, dilation))
     kh, kw, cin_g, cout = w.shape
