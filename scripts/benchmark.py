@@ -228,14 +228,8 @@ def save(results: dict, path: str | None):
 
 
 def run_fully_conv(args, log) -> dict:
-    try:
-        from zoo import fully_conv
-    except ImportError as err:
-        log(f"\nfully-convolutional comparison skipped: zoo.fully_conv is absent ({err})")
-        return dict(skipped=str(err))
-    if not hasattr(fully_conv, "benchmark_dense_eval"):
-        log("\nfully-convolutional comparison skipped: zoo.fully_conv has no benchmark_dense_eval")
-        return dict(skipped="no benchmark_dense_eval")
+    from zoo import fully_conv
+
     log(f"\n== fully-convolutional VGG16 at {args.fully_conv_size}")
     try:
         return fully_conv.benchmark_dense_eval("vgg16", size=args.fully_conv_size,
