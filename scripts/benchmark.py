@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fully-conv-size", type=int, default=384)
     p.add_argument("--compile-report", nargs="*", metavar="MODEL",
                    help="compile time of the train step (224, batch 32) of these models")
+    p.add_argument("--scan-steps", type=int, default=0, metavar="ROUNDS",
+                   help="with --compile-report: also time the train step of the models with "
+                        "scanned stages against their unrolled program, ROUNDS rounds")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
     p.add_argument("--peak-size", type=int, default=None,
                    help="matmul size of the peak measurement (default 2048 on CPU, 8192 otherwise)")
@@ -208,7 +211,7 @@ def main(argv=None) -> dict:
         results["fully_conv"] = run_fully_conv(args, log)
         save(results, args.json)
     if args.compile_report:
-        results["compile_report"] = run_compile_report(args.compile_report, log)
+        results["compile_report"] = run_compile_report(args.compile_report, log, args.scan_steps)
     if not args.no_peak and targets:  # the peak again: how much the machine's load moved
         results["peaks_after"] = {d: bench.matmul_peak(d, n=n, reps=3) for d in results["peaks"]}
     results["wall_s"] = time.time() - started
@@ -239,19 +242,49 @@ def run_fully_conv(args, log) -> dict:
         return dict(error=repr(err))
 
 
-def run_compile_report(models, log) -> dict:
+def run_compile_report(models, log, scan_steps: int = 0) -> dict:
+    """Train-step compile time (224, batch 32) of each model as built (long ResNet stages as a
+    ``lax.scan``) and unrolled (``nn.scan_repeats(0)``); with ``scan_steps``, also the step
+    time of both programs, interleaved, for the models where they differ."""
     import zoo
-    from zoo import bench
+    from zoo import bench, nn
     log("\n== compile time of the train step, 224x224, batch 32 (trace+lower, compile)")
     out = {}
     for name in models:
-        lower_s, compile_s = bench.compile_seconds(zoo.create(name), "train", 32, 224)
-        out[name] = dict(lower_s=lower_s, compile_s=compile_s, total_s=lower_s + compile_s)
-        log(f"   {name:10s} lower {lower_s:6.1f} s  compile {compile_s:6.1f} s")
+        model = zoo.create(name)
+        row = {}
+        for label, min_run in (("built", None), ("unrolled", 0)):
+            with nn.scan_repeats(min_run):
+                lower_s, compile_s = bench.compile_seconds(model, "train", 32, 224)
+            row[label] = dict(lower_s=lower_s, compile_s=compile_s, total_s=lower_s + compile_s)
+            log(f"   {name:10s} {label:8s} lower {lower_s:6.1f} s  compile {compile_s:6.1f} s")
+        row["scanned"] = bench.has_scanned_runs(model, (32, 224, 224, 3))
+        row.update(row["built"])
+        out[name] = row
+        if scan_steps and row["scanned"]:
+            out[name]["steps"] = scan_step_times(model, scan_steps, log)
     if "resnet152" in out and "resnet50" in out:
         ratio = out["resnet152"]["total_s"] / out["resnet50"]["total_s"]
+        unrolled = out["resnet152"]["unrolled"]["total_s"] / out["resnet50"]["unrolled"]["total_s"]
         out["resnet152/resnet50"] = ratio
-        log(f"   resnet152 / resnet50: {ratio:.2f}x")
+        out["resnet152/resnet50 unrolled"] = unrolled
+        log(f"   resnet152 / resnet50: {ratio:.2f}x as built, {unrolled:.2f}x unrolled")
+    return out
+
+
+def scan_step_times(model, rounds: int, log) -> dict:
+    """The train step (224, batch 32) with its long runs scanned and unrolled, interleaved."""
+    from zoo import bench, nn
+    runners = []
+    for label, min_run in (("scanned", None), ("unrolled", 0)):
+        with nn.scan_repeats(min_run):
+            runners.append(bench.jax_runner(model, "train", 32, 224, name=label))
+    timing = bench.interleaved(runners, rounds=rounds, min_rep_s=0, warmup=1)
+    out = {r.name: bench.stats(timing["times"][r.name], r.batch) for r in runners}
+    ratio = out["scanned"]["seconds_median"] / out["unrolled"]["seconds_median"]
+    out["time_ratio"] = ratio
+    log(f"   {model.name} step: scanned {out['scanned']['img_s_median']:.2f} img/s, unrolled "
+        f"{out['unrolled']['img_s_median']:.2f} img/s, time ratio {ratio:.2f}")
     return out
 
 

@@ -96,3 +96,10 @@ def test_bfloat16_conv_accumulates_in_float32():
         assert y.dtype == jnp.bfloat16
         err = float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
         assert err < 2e-2, (impl, err)
+
+
+def test_has_scanned_runs_tells_which_programs_hold_a_scan():
+    assert bench.has_scanned_runs(zoo.create("resnet152", num_classes=10), (1, 32, 32, 3))
+    assert not bench.has_scanned_runs(zoo.create("resnet50", num_classes=10), (1, 32, 32, 3))
+    with nn.scan_repeats(0):
+        assert not bench.has_scanned_runs(zoo.create("resnet152", num_classes=10), (1, 32, 32, 3))

@@ -238,3 +238,87 @@ def test_pools_differentiate_under_jit():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 2))
     grads = jax.jit(jax.grad(lambda p: jnp.sum(net.apply(p, state, x)[0] ** 2)))(params)
     assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"]))) > 0
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding", CONV_CASES)
+def test_explicit_input_gradient_equals_autodiff(shape, kernel, stride, padding, dilation, groups,
+                                                 rounding):
+    """The input gradient written as a forward conv (used by the matmul-weight-gradient path)."""
+    kh, kw = nn._pair(kernel)
+    stride, padding, dilation = map(nn._pair, (stride, padding, dilation))
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (kh, kw, shape[3] // groups, 6 * groups))
+    out_hw = nn._spatial_out(x.shape, (kh, kw), stride, padding, dilation, rounding, "conv")
+    pads = tuple(map(tuple, nn._padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)))
+    geom = (stride, pads, dilation, groups, jax.lax.Precision.HIGHEST, None)
+    y, vjp = jax.vjp(lambda a: nn._xla_conv(a, w, geom), x)
+    dy = jax.random.normal(jax.random.key(2), y.shape)
+    got = nn._conv_input_grad(dy, w, geom, x.shape[1:3])
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-5)
+
+
+def _stack_of_blocks(n, scan, width=8):
+    def block():
+        return nn.Residual([("conv1", nn.Conv(width, 3, padding=1, bias=False)), ("bn1", nn.BatchNorm()),
+                            ("relu1", nn.Relu()), ("drop", nn.Dropout(0.25)),
+                            ("conv2", nn.Conv(width, 3, padding=1))], activation="relu")
+    blocks = [(str(i), block()) for i in range(n)]
+    return nn.Sequential([("stem", nn.Conv(width, 3, padding=1)), *blocks,
+                          ("pool", nn.GlobalAvgPool())], scan_repeats=scan)
+
+
+def _top_level_primitives(fn, *args):
+    return [eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns]
+
+
+def test_scan_repeats_equals_unrolled_values_gradients_and_state():
+    net = _stack_of_blocks(4, scan=3)
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    _, params, state = net.init(jax.random.key(0), x.shape)
+    rng = jax.random.key(7)
+
+    def loss(p, s, x):
+        y, new_s = net.apply(p, s, x, train=True, rng=rng)
+        return jnp.sum(y ** 2), new_s
+
+    grad = lambda: jax.value_and_grad(loss, has_aux=True)  # jit caches traces by function
+    with nn.recording_conv_choices() as choices:
+        scanned = jax.jit(grad())(params, state, x)
+    with nn.scan_repeats(0):
+        unrolled = jax.jit(grad())(params, state, x)
+        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+    (l1, s1), g1 = scanned
+    (l2, s2), g2 = unrolled
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    assert jax.tree.structure(g1) == jax.tree.structure(g2) == jax.tree.structure(params)
+    assert jax.tree.structure(s1) == jax.tree.structure(s2) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves((g1, s1)), jax.tree.leaves((g2, s2))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # every block's running statistics moved, each by its own batch statistics
+    means = [s1[str(i)]["bn1"]["mean"] for i in range(4)]
+    assert all(float(jnp.abs(m).max()) > 0 for m in means)
+    assert len({float(m[0]) for m in means}) == 4
+    # the three identical blocks after the first are one loop whose convs keep the forward
+    # conv and take both gradients as plain convs and matmuls
+    assert "scan" in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+    in_loop = [impl for path, impl, *_ in choices if ".." in path]
+    assert in_loop == ["xla+mmgrad", "xla+mmgrad"], choices
+
+
+def test_scan_repeats_leaves_short_and_unlike_runs_unrolled():
+    x = jnp.ones((2, 8, 8, 3))
+    for net in (_stack_of_blocks(2, scan=3), _stack_of_blocks(4, scan=0)):
+        _, params, state = net.init(jax.random.key(0), x.shape)
+        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+    # same kind and config but other kernel shapes (4 -> 5, 5 -> 5 channels): not identical;
+    # identical pools that halve the map: not shape-preserving. No loop for either.
+    for net, shape, out in [
+            (nn.Sequential([("a", nn.Conv(5, 3, padding=1)), ("b", nn.Conv(5, 3, padding=1))],
+                           scan_repeats=2), (2, 8, 8, 4), (2, 8, 8, 5)),
+            (nn.Sequential([("a", nn.MaxPool(2)), ("b", nn.MaxPool(2))], scan_repeats=2),
+             (2, 8, 8, 4), (2, 2, 2, 4))]:
+        _, params, state = net.init(jax.random.key(0), shape)
+        x = jnp.ones(shape)
+        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+        assert net.apply(params, state, x)[0].shape == out

@@ -205,3 +205,30 @@ def test_every_torchvision_tensor_has_one_zoo_leaf_of_matching_shape(name):
             shape = shape[::-1]  # Linear (out, in) -> (in, out)
         mapped[_torch_key_to_path(key)] = shape
     assert mapped == ours
+
+
+@pytest.mark.xdist_group("resnet101")
+def test_long_stages_run_as_a_scan_with_the_same_params_and_outputs():
+    """ResNet-101's 22 identical layer3 blocks are one lax.scan (compile time); params keep
+    their per-block paths and the outputs equal the unrolled program's."""
+    model = zoo.create("resnet101", num_classes=10)
+    shape = (2, 32, 32, 3)
+    variables = model.init(jax.random.key(0), shape)
+    params, state = variables["params"], variables["state"]
+    assert sorted(params["layer3"], key=int) == [str(b) for b in range(23)]
+    x = jax.random.normal(jax.random.key(1), shape)
+
+    def make_forward():  # a new function per setting: jit caches traces by function
+        return lambda p, s, x: model.apply(p, s, x)[0]
+
+    forward = make_forward()
+    eqns = jax.make_jaxpr(forward)(params, state, x).jaxpr.eqns
+    assert [e.primitive.name for e in eqns].count("scan") == 1  # layer3; other stages are short
+    assert resnet.SCAN_MIN_BLOCKS > max(resnet.DEPTHS[50][1]) - 1  # ResNet-50 stays unrolled
+    scanned = jax.jit(forward)(params, state, x)
+    with nn.scan_repeats(0):
+        forward = make_forward()
+        unrolled = jax.jit(forward)(params, state, x)
+        eqns = jax.make_jaxpr(forward)(params, state, x).jaxpr.eqns
+    assert "scan" not in [e.primitive.name for e in eqns]
+    np.testing.assert_allclose(scanned, unrolled, rtol=1e-4, atol=1e-4 * float(jnp.abs(unrolled).max()))

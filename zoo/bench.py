@@ -255,6 +255,14 @@ def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float
     return t1 - t0, time.perf_counter() - t1
 
 
+def has_scanned_runs(model, input_shape) -> bool:
+    """Whether the model's forward pass holds a ``lax.scan`` (``nn.Sequential(scan_repeats=)``)."""
+    abstract, _ = model.abstract_init(input_shape)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v["params"], v["state"], x)[0])(abstract, x)
+    return any(eqn.primitive.name == "scan" for eqn in jaxpr.jaxpr.eqns)
+
+
 # ----------------------------------------------------------------------------------------
 # torch runners (optional dependency).
 

@@ -254,6 +254,9 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
       (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution
       forward and for the input gradient, the weight gradient as ``im2col(x)^T @ dy``
       (ResNet-18 train step at 224: 1.8x);
+    - the same inside a scanned run of layers (:func:`Sequential`'s ``scan_repeats``)
+      whatever the shape: in a loop body XLA:CPU runs its weight-gradient convolution
+      about 70x slower than outside one;
     - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
     """
     levers = current_conv_levers()
@@ -266,9 +269,9 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
         return "im2col"
     if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
         return "im2col"
-    if (levers["weight_grad"] == "matmul" and groups == 1
-            and kh * kw * x_shape[3] >= levers["mmgrad_min_k"] and w_shape[3] >= 32
-            and out_hw[0] * out_hw[1] >= levers["mmgrad_min_map"]):
+    if groups == 1 and (_IN_SCAN.get() or (
+            levers["weight_grad"] == "matmul" and kh * kw * x_shape[3] >= levers["mmgrad_min_k"]
+            and w_shape[3] >= 32 and out_hw[0] * out_hw[1] >= levers["mmgrad_min_map"])):
         return "xla+mmgrad"
     return "xla"
 
@@ -378,6 +381,27 @@ def _weight_grad_matmul(x, dy, w_shape, geom, out_hw, chunk_bytes):
     return total.reshape(w_shape)
 
 
+def _conv_input_grad(dy, w, geom, in_hw):
+    """``dL/dx`` of :func:`_xla_conv` as one forward convolution of ``dy`` (dilated by the
+    stride) with the flipped kernel, inputs and outputs swapped per group. The same values
+    as autodiff's transposed convolution, but a plain convolution to XLA: inside a
+    ``lax.scan`` XLA:CPU runs autodiff's form 5x slower than this one (docs/benchmarks.md)."""
+    stride, pads, dilation, groups, precision, acc = geom
+    kh, kw, cin_g, cout = w.shape
+    w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, cin_g, groups, cout // groups)
+    w_t = w_t.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // groups, groups * cin_g)
+    padding = []
+    for axis in range(2):
+        k_eff = dilation[axis] * (w.shape[axis] - 1) + 1
+        lo = pads[axis][0]
+        out = dy.shape[1 + axis]
+        padding.append((k_eff - 1 - lo, in_hw[axis] - (out - 1) * stride[axis] - 1 + lo))
+    return jax.lax.conv_general_dilated(
+        dy, w_t, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
+        rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups, precision=precision, preferred_element_type=acc)
+
+
 def _conv_mmgrad_primal(x, w, meta):
     return _xla_conv(x, w, meta[0])
 
@@ -389,7 +413,7 @@ def _conv_mmgrad_fwd(x, w, meta):
 def _conv_mmgrad_bwd(meta, res, dy):
     geom, out_hw, chunk_bytes = meta
     x, w = res
-    dx = jax.vjp(lambda x_: _xla_conv(x_, w, geom), x)[1](dy)[0]
+    dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
     dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, out_hw, chunk_bytes)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -801,17 +825,111 @@ def _apply_children(items, params, state, x, train, rng):
     return x, new_state
 
 
-def Sequential(layers: NamedLayers) -> Layer:
-    """Named layers applied in order; each one's params live under its name."""
+_SCAN_REPEATS: contextvars.ContextVar = contextvars.ContextVar("zoo_scan", default=None)
+_IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", default=False)
+
+
+@contextlib.contextmanager
+def scan_repeats(min_run: int | None):
+    """Override ``scan_repeats`` of the Sequentials that set it, for everything traced inside
+    the block: scan runs of at least ``min_run`` identical layers, 0 for never (tests and the
+    benchmark compare the scanned and the unrolled program)."""
+    token = _SCAN_REPEATS.set(min_run)
+    try:
+        yield
+    finally:
+        _SCAN_REPEATS.reset(token)
+
+
+def _signature(layer: Layer):
+    """What a layer computes, as far as its description tells: kind, config and children."""
+    return (layer.kind, repr(sorted(layer.config.items())),
+            tuple((name, _signature(child)) for name, child in layer.children))
+
+
+def _leaf_shapes(tree):
+    return jax.tree.structure(tree), [(jnp.shape(a), jnp.result_type(a))
+                                      for a in jax.tree.leaves(tree)]
+
+
+def _repeat_runs(items, params, state):
+    """Split ``items`` into runs of consecutive layers with the same signature and the same
+    param and state shapes."""
+    runs, key = [], None
+    for name, layer in items:
+        this = (_signature(layer), _leaf_shapes(params.get(name, {})),
+                _leaf_shapes(state.get(name, {})))
+        if runs and this == key:
+            runs[-1].append((name, layer))
+        else:
+            runs.append([(name, layer)])
+            key = this
+    return runs
+
+
+def _apply_scanned(run, params, state, x, train, rng):
+    """Apply identical layers as one ``lax.scan`` over their stacked params and state: one
+    copy of the layer in the program instead of ``len(run)``, the same values."""
+    names = [name for name, _ in run]
+    layer = run[0][1]
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    xs = (stack([params.get(n, {}) for n in names]), stack([state.get(n, {}) for n in names]),
+          None if rng is None else jnp.stack([name_key(rng, n) for n in names]))
+
+    def step(carry, per_layer):
+        p, s, key = per_layer
+        token = _IN_SCAN.set(True)
+        try:
+            with scope(f"{names[0]}..{names[-1]}"):
+                y, new_s = layer.apply(p, s, carry, train=train, rng=key)
+        finally:
+            _IN_SCAN.reset(token)
+        return y.astype(carry.dtype), new_s
+
+    y, states = jax.lax.scan(step, x, xs)
+    return y, {n: jax.tree.map(lambda a, i=i: a[i], states) for i, n in enumerate(names)}
+
+
+def _preserves_shape(layer, p, s, x, train, rng):
+    out = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, train=train, rng=rng)[0], p, s, x)
+    return out.shape == x.shape and out.dtype == x.dtype
+
+
+def Sequential(layers: NamedLayers, *, scan_repeats: int = 0) -> Layer:
+    """Named layers applied in order; each one's params live under its name.
+
+    ``scan_repeats``: if >= 2, apply each run of at least that many consecutive identical,
+    shape-preserving layers (a ResNet stage's blocks after the first) as one
+    ``jax.lax.scan`` over their stacked params; :func:`scan_repeats` overrides the number
+    while tracing. The params keep their per-layer paths (stacking happens inside the
+    traced function, so checkpoints and weight importers see no difference); the program
+    holds one copy of the layer, so a deep net compiles in about the time of a shallow one.
+    Layers are identical when their kind, config and children (recursively) and their param
+    and state shapes are."""
     items = _named(layers)
 
     def init(key, in_shape):
         return _init_children(items, key, in_shape)
 
     def apply(params, state, x, *, train=False, rng=None):
-        return _apply_children(items, params, state, x, train, rng)
+        override = _SCAN_REPEATS.get()
+        min_run = scan_repeats if override is None or not scan_repeats else override
+        if not min_run:
+            return _apply_children(items, params, state, x, train, rng)
+        new_state = dict(state)
+        for run in _repeat_runs(items, params, state):
+            name = run[0][0]
+            if len(run) >= max(min_run, 2) and _preserves_shape(run[0][1], params.get(name, {}),
+                                                 state.get(name, {}), x, train,
+                                                 name_key(rng, name)):
+                x, states = _apply_scanned(run, params, state, x, train, rng)
+                new_state.update({n: s for n, s in states.items() if s})
+            else:
+                x, new_state = _apply_children(run, params, new_state, x, train, rng)
+        return x, new_state
 
-    return Layer(init, apply, "sequential", {}, items)
+    return Layer(init, apply, "sequential", {"scan_repeats": scan_repeats} if scan_repeats else {},
+                 items)
 
 
 def _branch_geometry(recorder, starts, ends):

@@ -44,6 +44,10 @@ Parameters at 1000 classes (closed form in ``tests/test_resnet.py``): preact_res
 11,687,720; preact_resnet34 21,795,880; preact_resnet50 25,549,352; preact_resnet101
 44,541,480; preact_resnet152 60,185,128.
 
+Compile time: a stage's blocks after the first are identical, and runs of at least
+:data:`SCAN_MIN_BLOCKS` of them are applied as one ``jax.lax.scan`` over their stacked
+params (``nn.Sequential(scan_repeats=...)``); the params keep their per-block paths.
+
 Every strided layer (stem conv and pool, strided 3x3 convs, strided 1x1 projections) declares
 ``rounding="floor"``, torch's rule: at 224 the stem conv gives ``(224 - 7 + 6)/2 + 1 =
 112.5 -> 112``. Stride-1 layers fit exactly at any size. Stage outputs at 224: 56, 28, 14, 7;
@@ -74,6 +78,12 @@ BLOCKS = {
 STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
+
+#: A stage's identical blocks (all but its first) run as one ``lax.scan`` when there are at
+#: least this many: ResNet-101's and -152's long stages. Measured (docs/benchmarks.md): the
+#: ResNet-152 train step compiles in 24 s instead of 44 and steps no slower; scanning the
+#: 2-5 block runs of ResNet-34/50 adds a loop's compile cost and saves nothing.
+SCAN_MIN_BLOCKS = 6
 
 
 def _conv(features, kernel, stride=1):
@@ -151,7 +161,7 @@ def resnet(depth: int, *, preact: bool = False, num_classes: int = 1000) -> nn.L
             blocks.append((str(b), _block(kind, width, stride if b == 0 else 1, channels,
                                           preact, first=(s == 1 and b == 0))))
             channels = width * BLOCKS[kind][-1][1]
-        layers.append((f"layer{s}", nn.Sequential(blocks)))
+        layers.append((f"layer{s}", nn.Sequential(blocks, scan_repeats=SCAN_MIN_BLOCKS)))
     if preact:
         layers += [("bn_final", _bn()), ("relu_final", nn.Relu())]
     layers += [("avgpool", nn.GlobalAvgPool()), ("fc", nn.Dense(num_classes))]
