@@ -55,14 +55,15 @@ def test_auto_policy_matches_xla_values_and_gradients():
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad (weight gradient as matmul)
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1),        # small map: im2col
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0),       # pointwise, strided
-             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0)]      # single channel (lever on below)
+             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0),      # single channel: taps
+             ((2, 13, 13, 1), (3, 3, 1, 4), 2, 1)]      # taps, strided, padded, floor rule
     for shape, wshape, stride, pad in cases:
         x = jax.random.normal(jax.random.key(0), shape)
         w = jax.random.normal(jax.random.key(1), wshape)
         run = lambda impl: (lambda x, w: nn.conv2d(x, w, stride=stride, padding=pad, rounding="floor",
                                                      impl=impl))
         probe = jax.random.normal(jax.random.key(2), run("xla")(x, w).shape)
-        with nn.conv_levers(chunk_bytes=1, single_channel=True):  # chunked (scanned) weight grad
+        with nn.conv_levers(chunk_bytes=1):  # chunked (scanned) weight grad
             ya, ga = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run("auto")(x, w) * probe),
                                                 argnums=(0, 1)))(x, w)
         yx, gx = jax.value_and_grad(lambda x, w: jnp.sum(run("xla")(x, w) * probe), argnums=(0, 1))(x, w)
@@ -81,10 +82,10 @@ def test_policy_choices_by_shape():
     with nn.conv_levers(weight_grad="xla"):
         assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
     rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
-    assert [r[1] for r in rows] == ["xla", "xla"]
-    with nn.conv_levers(single_channel=True):
+    assert [r[1] for r in rows] == ["taps", "xla"]
+    with nn.conv_levers(single_channel=False):
         rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
-    assert [r[1] for r in rows] == ["im2col", "xla"]
+    assert [r[1] for r in rows] == ["xla", "xla"]
 
 
 def test_bfloat16_conv_accumulates_in_float32():

@@ -240,6 +240,26 @@ def test_pools_differentiate_under_jit():
     assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"]))) > 0
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding",
+                         [c for c in CONV_CASES if c[5] == 1])
+def test_taps_equals_xla_values_and_gradients(shape, kernel, stride, padding, dilation, groups,
+                                              rounding):
+    """'taps' (shifted multiply-adds; the policy's choice for one input channel) on any geometry."""
+    kh, kw = nn._pair(kernel)
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (kh, kw, shape[3], 5))
+    run = lambda impl: lambda x, w: nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
+                                              rounding=rounding, impl=impl)
+    probe = jax.random.normal(jax.random.key(2), run("xla")(x, w).shape)
+    results = {impl: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run(impl)(x, w) * probe),
+                                                argnums=(0, 1)))(x, w) for impl in ("taps", "xla")}
+    np.testing.assert_allclose(jax.jit(run("taps"))(x, w), run("xla")(x, w), rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(results["taps"]), jax.tree.leaves(results["xla"])):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="ungrouped"):
+        nn.conv2d(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4)), groups=2, impl="taps")
+
+
 @pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding", CONV_CASES)
 def test_explicit_input_gradient_equals_autodiff(shape, kernel, stride, padding, dilation, groups,
                                                  rounding):

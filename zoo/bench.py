@@ -392,8 +392,9 @@ LEVER_VARIANTS = {
     "xla": ("xla", {}, ("infer", "train")),                        # plain JAX: every conv XLA's
     "no_small_map": ("auto", {"small_map": 0}, ("infer", "train")),
     "no_pointwise": ("auto", {"pointwise": False}, ("infer", "train")),
-    "with_single_channel": ("auto", {"single_channel": True}, ("infer", "train")),  # off by default
+    "no_single_channel": ("auto", {"single_channel": False}, ("infer", "train")),
     "no_mmgrad": ("auto", {"weight_grad": "xla"}, ("train",)),
+    "no_input_grad": ("auto", {"input_grad": "autodiff"}, ("train",)),
     "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
 }
 
@@ -412,8 +413,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
         if name == "bf16_native":
             if dtype != "bfloat16":
                 continue
-        elif name == "no_mmgrad":
-            if not any(c[1] == "xla+mmgrad" for c in base):
+        elif name in ("no_mmgrad", "no_input_grad"):
+            if not any(c[1] in nn.CUSTOM_CONVS for c in base):
                 continue
         elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
                                        dtype=dtype)) == base:

@@ -193,8 +193,14 @@ _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_im
 #: - ``small_map``: output maps of at most this many pixels run as im2col + one matmul
 #:   (XLA:CPU's convolution is 20-40x slower than a matmul there); 0 switches it off.
 #: - ``pointwise``: 1x1 convolutions (any stride) as a strided slice + one matmul.
-#: - ``single_channel``: convolutions of one input channel (LeNet's first) as im2col. Off:
-#:   2.2x faster for that layer alone, but the LeNet-5 train step was 1.39x slower with it.
+#: - ``single_channel``: convolutions of one input channel (LeNet's first) as ``'taps'``:
+#:   ``kh*kw`` shifted multiply-adds per output plane (XLA:CPU's convolution with one input
+#:   channel runs at ~4 GFLOP/s).
+#: - ``input_grad``: ``'conv'``: in ``'xla+mmgrad'`` and ``'taps'``, the input gradient as
+#:   one explicit forward convolution of ``dy`` with the flipped kernel, not the transposed
+#:   convolution autodiff emits (1.1x at 56x56x64; inside a ``lax.scan`` 5x, so there it is
+#:   always on); ``'autodiff'`` off. Plain ``'xla'`` convs keep autodiff's (LeNet-5's
+#:   conv2: 3% slower step with the explicit one).
 #: - ``weight_grad``: ``'matmul'`` keeps XLA's forward and input-gradient convolutions but
 #:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time (XLA:CPU's
 #:   weight-gradient convolution runs at a fraction of its forward speed); ``'xla'`` off.
@@ -205,7 +211,8 @@ _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_im
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
-CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=False, weight_grad="matmul",
+CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, input_grad="conv",
+                   weight_grad="matmul",
                    mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
                    low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
@@ -252,12 +259,17 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
       XLA, 0.64 ms as im2col + matmul) and for 1x1 convolutions (a reshape + one matmul);
     - ``'xla+mmgrad'`` for the other ungrouped convolutions with long patches
       (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution
-      forward and for the input gradient, the weight gradient as ``im2col(x)^T @ dy``
+      forward, the input gradient as one convolution, the weight gradient as
+      ``im2col(x)^T @ dy``
       (ResNet-18 train step at 224: 1.8x);
     - the same inside a scanned run of layers (:func:`Sequential`'s ``scan_repeats``)
       whatever the shape: in a loop body XLA:CPU runs its weight-gradient convolution
       about 70x slower than outside one;
+    - ``'taps'`` for one input channel: shifted multiply-adds forward, XLA's weight-gradient
+      convolution (LeNet-5 train step: 1.3x);
     - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
+
+    Every choice gives XLA's values and gradients within float tolerance.
     """
     levers = current_conv_levers()
     if levers["cpu_only"] and jax.default_backend() != "cpu":
@@ -267,12 +279,12 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
         return "im2col"
     if levers["pointwise"] and kh == kw == 1 and groups == 1:
         return "im2col"
-    if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
-        return "im2col"
     if groups == 1 and (_IN_SCAN.get() or (
             levers["weight_grad"] == "matmul" and kh * kw * x_shape[3] >= levers["mmgrad_min_k"]
             and w_shape[3] >= 32 and out_hw[0] * out_hw[1] >= levers["mmgrad_min_map"])):
         return "xla+mmgrad"
+    if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
+        return "taps"
     return "xla"
 
 
@@ -402,26 +414,73 @@ def _conv_input_grad(dy, w, geom, in_hw):
         feature_group_count=groups, precision=precision, preferred_element_type=acc)
 
 
-def _conv_mmgrad_primal(x, w, meta):
-    return _xla_conv(x, w, meta[0])
+def _taps(x, w_shape, geom, out_hw):
+    """``(i, j, c, shifted input channel c)`` for every kernel tap: the strided slices of the
+    padded input that multiply ``w[i, j, c]``."""
+    stride, pads, dilation, groups, precision, acc = geom
+    kh, kw, cin, _ = w_shape
+    dt = acc or x.dtype
+    xp = jax.lax.pad(x.astype(dt), jnp.zeros((), dt),
+                     [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
+    n, (ho, wo) = x.shape[0], out_hw
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            patch = jax.lax.slice(xp, (0, r0, c0, 0),
+                                  (n, r0 + (ho - 1) * stride[0] + 1, c0 + (wo - 1) * stride[1] + 1, cin),
+                                  (1, stride[0], stride[1], 1))
+            for c in range(cin):
+                yield i, j, c, patch[..., c:c + 1]
 
 
-def _conv_mmgrad_fwd(x, w, meta):
-    return _xla_conv(x, w, meta[0]), (x, w)
+def _taps_conv(x, w, geom, out_hw):
+    """The convolution as ``kh*kw*Cin`` shifted multiply-adds per output channel, one fused
+    elementwise pass per channel plane, stacked: for one input channel (LeNet's first conv
+    at batch 128: 1.1 ms instead of XLA's 7 ms). Planes and a stack, not one NHWC sum:
+    XLA:CPU fuses a cheap elementwise producer into every consumer, and LeNet's max-pool
+    gradient then recomputed the whole sum (24 ms); the stack is materialized once."""
+    dt = geom[-1] or x.dtype
+    planes = [None] * w.shape[3]
+    for i, j, c, tap in _taps(x, w.shape, geom, out_hw):
+        for o in range(w.shape[3]):
+            term = tap[..., 0] * w[i, j, c, o].astype(dt)
+            planes[o] = term if planes[o] is None else planes[o] + term
+    return jnp.stack(planes, axis=-1)
 
 
-def _conv_mmgrad_bwd(meta, res, dy):
-    geom, out_hw, chunk_bytes = meta
+def _conv_custom_primal(x, w, meta):
+    geom, out_hw, forward = meta[:3]
+    return _taps_conv(x, w, geom, out_hw) if forward == "taps" else _xla_conv(x, w, geom)
+
+
+def _conv_custom_fwd(x, w, meta):
+    return _conv_custom_primal(x, w, meta), (x, w)
+
+
+def _conv_custom_bwd(meta, res, dy):
+    geom, out_hw, _, input_grad, weight_grad, chunk_bytes = meta
     x, w = res
-    dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
-    dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, out_hw, chunk_bytes)
+    if input_grad == "conv":
+        dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
+    else:
+        dx = jax.vjp(lambda x_: _xla_conv(x_, w, geom), x)[1](dy)[0]
+    if weight_grad == "matmul":
+        dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, out_hw, chunk_bytes)
+    else:
+        dw = jax.vjp(lambda w_: _xla_conv(x, w_, geom), w)[1](dy)[0]
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-#: XLA's convolution with the weight gradient as a matmul; ``meta`` (static geometry) is
-#: not differentiated.
-_conv_mmgrad = jax.custom_vjp(_conv_mmgrad_primal, nondiff_argnums=(2,))
-_conv_mmgrad.defvjp(_conv_mmgrad_fwd, _conv_mmgrad_bwd)
+#: A convolution whose forward (``'xla'`` or ``'taps'``), input gradient (``'conv'``: one
+#: explicit forward conv, or ``'autodiff'``) and weight gradient (``'matmul'`` or
+#: ``'xla'``) are chosen separately; ``meta`` = (geometry, output size, forward, input
+#: gradient, weight gradient, chunk bytes) is static.
+_conv_custom = jax.custom_vjp(_conv_custom_primal, nondiff_argnums=(2,))
+_conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
+
+#: The implementations :func:`conv_policy` picks from besides ``'xla'`` and ``'im2col'``:
+#: name -> (forward, weight gradient) of :func:`_conv_custom`.
+CUSTOM_CONVS = {"xla+mmgrad": ("xla", "matmul"), "taps": ("taps", "xla")}
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
@@ -446,8 +505,10 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         impl = "xla"  # eager: one dispatch (and one compile) instead of kh*kw slices and a dot
     elif impl == "auto":
         impl = conv_policy(x.shape, w.shape, stride, dilation, groups, out_hw)
-    elif impl not in CONV_IMPLS + ("xla+mmgrad",):
+    elif impl not in CONV_IMPLS + tuple(CUSTOM_CONVS):
         raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
+    if impl == "taps" and groups != 1:
+        raise ValueError(f"layer '{current_path()}': conv impl 'taps' takes ungrouped convs only")
     choices = _CONV_CHOICES.get()
     if choices is not None:
         choices.append((current_path(), impl, tuple(x.shape), tuple(w.shape)))
@@ -458,8 +519,11 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     geom = (stride, tuple(map(tuple, pads)), dilation, groups, precision, acc)
     if impl == "xla":
         y = _xla_conv(x, w, geom)
-    elif impl == "xla+mmgrad":
-        y = _conv_mmgrad(x, w, (geom, tuple(out_hw), int(levers["chunk_bytes"])))
+    elif impl in CUSTOM_CONVS:
+        forward, weight_grad = CUSTOM_CONVS[impl]
+        input_grad = "conv" if levers["input_grad"] == "conv" or _IN_SCAN.get() else "autodiff"
+        y = _conv_custom(x, w, (geom, tuple(out_hw), forward, input_grad, weight_grad,
+                                int(levers["chunk_bytes"])))
     else:
         y = _im2col_conv(x, w, (kh, kw), stride, pads, dilation, out_hw, groups, precision, acc)
     return y.astype(x.dtype)
