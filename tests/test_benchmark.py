@@ -55,8 +55,7 @@ def test_auto_policy_matches_xla_values_and_gradients():
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad (weight gradient as matmul)
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1),        # small map: im2col
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0),       # pointwise, strided
-             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0),      # single channel: taps
-             ((2, 13, 13, 1), (3, 3, 1, 4), 2, 1)]      # taps, strided, padded, floor rule
+             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0)]      # single channel: taps
     for shape, wshape, stride, pad in cases:
         x = jax.random.normal(jax.random.key(0), shape)
         w = jax.random.normal(jax.random.key(1), wshape)

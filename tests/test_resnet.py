@@ -207,28 +207,21 @@ def test_every_torchvision_tensor_has_one_zoo_leaf_of_matching_shape(name):
     assert mapped == ours
 
 
-@pytest.mark.xdist_group("resnet101")
-def test_long_stages_run_as_a_scan_with_the_same_params_and_outputs():
-    """ResNet-101's 22 identical layer3 blocks are one lax.scan (compile time); params keep
-    their per-block paths and the outputs equal the unrolled program's."""
+def test_long_stages_run_as_a_scan_with_the_same_params():
+    """ResNet-101's 22 identical layer3 blocks after the first are one lax.scan (compile
+    time); params keep their per-block paths. Values: tests/test_pretrained.py checks the
+    scanned ResNet-101/152 against torchvision, tests/test_nn.py scanned against unrolled."""
     model = zoo.create("resnet101", num_classes=10)
     shape = (2, 32, 32, 3)
-    variables = model.init(jax.random.key(0), shape)
-    params, state = variables["params"], variables["state"]
-    assert sorted(params["layer3"], key=int) == [str(b) for b in range(23)]
-    x = jax.random.normal(jax.random.key(1), shape)
+    abstract, _ = model.abstract_init(shape)
+    assert sorted(abstract["params"]["layer3"], key=int) == [str(b) for b in range(23)]
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
 
-    def make_forward():  # a new function per setting: jit caches traces by function
-        return lambda p, s, x: model.apply(p, s, x)[0]
+    def primitives():  # a new function per trace: jit caches traces by function
+        fn = lambda v, x: model.apply(v["params"], v["state"], x)[0]
+        return [e.primitive.name for e in jax.make_jaxpr(fn)(abstract, x).jaxpr.eqns]
 
-    forward = make_forward()
-    eqns = jax.make_jaxpr(forward)(params, state, x).jaxpr.eqns
-    assert [e.primitive.name for e in eqns].count("scan") == 1  # layer3; other stages are short
+    assert primitives().count("scan") == 1  # layer3; the other stages are short
     assert resnet.SCAN_MIN_BLOCKS > max(resnet.DEPTHS[50][1]) - 1  # ResNet-50 stays unrolled
-    scanned = jax.jit(forward)(params, state, x)
     with nn.scan_repeats(0):
-        forward = make_forward()
-        unrolled = jax.jit(forward)(params, state, x)
-        eqns = jax.make_jaxpr(forward)(params, state, x).jaxpr.eqns
-    assert "scan" not in [e.primitive.name for e in eqns]
-    np.testing.assert_allclose(scanned, unrolled, rtol=1e-4, atol=1e-4 * float(jnp.abs(unrolled).max()))
+        assert "scan" not in primitives()
