@@ -414,7 +414,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
             if dtype != "bfloat16":
                 continue
         elif name in ("no_mmgrad", "no_input_grad"):
-            if not any(c[1] in nn.CUSTOM_CONVS for c in base):
+            acted_on = ("xla+mmgrad",) if name == "no_mmgrad" else tuple(nn.CUSTOM_CONVS)
+            if not any(c[1] in acted_on for c in base):
                 continue
         elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
                                        dtype=dtype)) == base:

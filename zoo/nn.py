@@ -186,6 +186,8 @@ def _right_padding(size, out, window, stride, padding, dilation):
 # Convolution: the one function every conv goes through.
 
 _DEFAULT_CONV_IMPL: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_impl", default="auto")
+#: True while the body of a scanned run of layers (``Sequential(scan_repeats=...)``) is traced.
+_IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", default=False)
 
 #: The levers of the ``'auto'`` policy (measured by ``scripts/benchmark.py --levers``;
 #: see docs/benchmarks.md). :func:`conv_levers` overrides them inside a block.
@@ -890,7 +892,6 @@ def _apply_children(items, params, state, x, train, rng):
 
 
 _SCAN_REPEATS: contextvars.ContextVar = contextvars.ContextVar("zoo_scan", default=None)
-_IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", default=False)
 
 
 @contextlib.contextmanager
