@@ -236,7 +236,7 @@ def _rebuild(layer: nn.Layer, replace: Mapping, path=()):
         if sub in replace and replace[sub] is None:
             continue
         items.append((name, _rebuild(child, replace, sub)))
-    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", False))
+    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", 0))
 
 
 def _get(tree, path):

@@ -315,7 +315,7 @@ def truncate(layer: nn.Layer, path: Sequence[str], where=()) -> nn.Layer:
             items.append((name, truncate(child, path[1:], where + (name,))))
             break
         items.append((name, child))
-    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", False))
+    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", 0))
 
 
 def layer_output(model, variables, x, layer: str):
