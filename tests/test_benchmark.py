@@ -52,7 +52,7 @@ def test_train_runner_steps_and_threads_state():
 
 def test_auto_policy_matches_xla_values_and_gradients():
     """Every lever of the 'auto' policy, on the shapes where it acts, equals XLA's conv."""
-    cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad (weight gradient as matmul)
+    cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad under weight_grad='matmul'
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1),        # small map: im2col
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0),       # pointwise, strided
              ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0)]      # single channel: taps
@@ -62,7 +62,7 @@ def test_auto_policy_matches_xla_values_and_gradients():
         run = lambda impl: (lambda x, w: nn.conv2d(x, w, stride=stride, padding=pad, rounding="floor",
                                                      impl=impl))
         probe = jax.random.normal(jax.random.key(2), run("xla")(x, w).shape)
-        with nn.conv_levers(chunk_bytes=1):  # chunked (scanned) weight grad
+        with nn.conv_levers(weight_grad="matmul", chunk_bytes=1):  # chunked (scanned) weight grad
             ya, ga = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run("auto")(x, w) * probe),
                                                 argnums=(0, 1)))(x, w)
         yx, gx = jax.value_and_grad(lambda x, w: jnp.sum(run("xla")(x, w) * probe), argnums=(0, 1))(x, w)
@@ -75,11 +75,11 @@ def test_policy_choices_by_shape():
     choose = lambda x, w, out, stride=(1, 1): nn.conv_policy(x, w, stride, (1, 1), 1, out)
     assert choose((8, 4, 4, 256), (3, 3, 256, 256), (4, 4)) == "im2col"
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), (56, 56)) == "im2col"
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+mmgrad"
-    assert choose((8, 14, 14, 6), (5, 5, 6, 16), (10, 10)) == "xla"
-    assert choose((8, 8, 8, 64), (3, 3, 64, 64), (8, 8)) == "xla"
-    with nn.conv_levers(weight_grad="xla"):
-        assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
+    with nn.conv_levers(weight_grad="matmul"):
+        assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+mmgrad"
+        assert choose((8, 14, 14, 6), (5, 5, 6, 16), (10, 10)) == "xla"
+        assert choose((8, 8, 8, 64), (3, 3, 64, 64), (8, 8)) == "xla"
     rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
     assert [r[1] for r in rows] == ["taps", "xla"]
     with nn.conv_levers(single_channel=False):

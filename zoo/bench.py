@@ -393,7 +393,7 @@ LEVER_VARIANTS = {
     "no_small_map": ("auto", {"small_map": 0}, ("infer", "train")),
     "no_pointwise": ("auto", {"pointwise": False}, ("infer", "train")),
     "no_single_channel": ("auto", {"single_channel": False}, ("infer", "train")),
-    "no_mmgrad": ("auto", {"weight_grad": "xla"}, ("train",)),
+    "mmgrad": ("auto", {"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
     "no_input_grad": ("auto", {"input_grad": "autodiff"}, ("train",)),
     "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
 }
@@ -413,9 +413,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
         if name == "bf16_native":
             if dtype != "bfloat16":
                 continue
-        elif name in ("no_mmgrad", "no_input_grad"):
-            acted_on = ("xla+mmgrad",) if name == "no_mmgrad" else tuple(nn.CUSTOM_CONVS)
-            if not any(c[1] in acted_on for c in base):
+        elif name == "no_input_grad":
+            if not any(c[1] in nn.CUSTOM_CONVS for c in base):
                 continue
         elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
                                        dtype=dtype)) == base:

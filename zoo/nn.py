@@ -204,17 +204,22 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   always on); ``'autodiff'`` off. Plain ``'xla'`` convs keep autodiff's (LeNet-5's
 #:   conv2: 3% slower step with the explicit one).
 #: - ``weight_grad``: ``'matmul'`` keeps XLA's forward and input-gradient convolutions but
-#:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time (XLA:CPU's
-#:   weight-gradient convolution runs at a fraction of its forward speed); ``'xla'`` off.
-#:   Only where the patch is long enough (``kh*kw*Cin >= mmgrad_min_k``), ``Cout >= 32``
-#:   and the output map has ``>= mmgrad_min_map`` pixels: LeNet-sized convs and 8x8 maps
-#:   (ResNet-18 at 32x32: 1.22x slower with it) are faster in XLA.
+#:   computes the weight gradient as ``im2col(x)^T @ dy``, a few images at a time;
+#:   ``'xla'`` (the default) leaves it to XLA's weight-gradient convolution. The matmul form
+#:   was 1.8x under YNNPACK's graph fusion; with that fusion off (``zoo.xla``) XLA's own is
+#:   faster outside loops: ResNet-18 train step at 224 0.91-0.95x the time (three
+#:   interleaved runs), the 3x3 convs at 56x56x64 to 7x7x512 alone 0.72-0.93x; building
+#:   the im2col buffer (a pad, nine slices and a concatenate, each materialized) costs
+#:   more than the transposes XLA adds. Inside a scanned run the matmul form is always
+#:   used (XLA's weight-gradient convolution runs about 70x slower in a loop body).
+#:   Where it applies by shape: the patch is long enough (``kh*kw*Cin >= mmgrad_min_k``),
+#:   ``Cout >= 32`` and the output map has ``>= mmgrad_min_map`` pixels.
 #: - ``chunk_bytes``: the im2col buffer per step of that weight gradient.
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
 CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, input_grad="conv",
-                   weight_grad="matmul",
+                   weight_grad="xla",
                    mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
                    low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
@@ -259,14 +264,12 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
 
     - ``'im2col'`` for output maps of <= ``small_map`` pixels (3x3 on 2x2 maps: 22-28 ms in
       XLA, 0.64 ms as im2col + matmul) and for 1x1 convolutions (a reshape + one matmul);
-    - ``'xla+mmgrad'`` for the other ungrouped convolutions with long patches
-      (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels: XLA's convolution
-      forward, the input gradient as one convolution, the weight gradient as
-      ``im2col(x)^T @ dy``
-      (ResNet-18 train step at 224: 1.8x);
-    - the same inside a scanned run of layers (:func:`Sequential`'s ``scan_repeats``)
-      whatever the shape: in a loop body XLA:CPU runs its weight-gradient convolution
-      about 70x slower than outside one;
+    - ``'xla+mmgrad'`` inside a scanned run of layers (:func:`Sequential`'s
+      ``scan_repeats``), whatever the shape: XLA's convolution forward, the input gradient
+      as one convolution, the weight gradient as ``im2col(x)^T @ dy`` (in a loop body
+      XLA:CPU runs its weight-gradient convolution about 70x slower than outside one);
+      outside loops only under ``weight_grad='matmul'``, for ungrouped convolutions with
+      long patches (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels;
     - ``'taps'`` for one input channel: shifted multiply-adds forward, XLA's weight-gradient
       convolution (LeNet-5 train step: 1.3x);
     - ``'xla'`` otherwise, and for every conv on accelerators (cuDNN & co. are good).
