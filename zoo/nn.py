@@ -208,7 +208,7 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   ``'xla'`` (the default) leaves it to XLA's weight-gradient convolution. The matmul form
 #:   was 1.8x under YNNPACK's graph fusion; with that fusion off (``zoo.xla``) XLA's own is
 #:   faster outside loops: ResNet-18 train step at 224 0.91-0.95x the time (three
-#:   interleaved runs), the 3x3 convs at 56x56x64 to 7x7x512 alone 0.72-0.93x; building
+#:   interleaved runs), the 3x3 convs at 56x56x64 to 7x7x512 alone 0.73-0.86x; building
 #:   the im2col buffer (a pad, nine slices and a concatenate, each materialized) costs
 #:   more than the transposes XLA adds. Inside a scanned run the matmul form is always
 #:   used (XLA's weight-gradient convolution runs about 70x slower in a loop body).
