@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also torch eager, NCHW and channels_last, interleaved with JAX")
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--levers", action="store_true",
-                   help="also time the JAX runner with each conv lever switched off (and plain "
-                        "XLA convs), interleaved: what each lever gives")
+                   help="also time the JAX runner with each conv lever switched off, the matmul "
+                        "weight gradient switched on, and plain XLA convs, interleaved: what "
+                        "each lever gives (zoo.bench.LEVER_VARIANTS)")
     p.add_argument("--per-example", action="store_true",
                    help="also time inference with the batch through lax.map, one image at a time")
     p.add_argument("--fully-conv", action="store_true",
