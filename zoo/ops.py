@@ -37,15 +37,23 @@ def _reduce_max(x, geom):
     8: 0.89x the time, 10 interleaved rounds). Strided pools keep the reduce-window: as
     views, ResNet's 3x3/2 at 8x112x112x64 took 15.8 ms against 11.6."""
     (kh, kw), (sh, sw), pads = geom
-    neg_inf = np.array(-np.inf, x.dtype)
     if (sh, sw) != (1, 1):
-        return jax.lax.reduce_window(x, neg_inf, jax.lax.max, (1, kh, kw, 1), (1, sh, sw, 1),
-                                     ((0, 0), *pads, (0, 0)))
-    xp = jax.lax.pad(x, neg_inf, [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
+        return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, (1, kh, kw, 1),
+                                     (1, sh, sw, 1), ((0, 0), *pads, (0, 0)))
+    _, views = _window_views(x, geom)
+    return functools.reduce(jnp.maximum, [view for _, _, view in views])
+
+
+def _window_views(x, geom):
+    """The input padded with -inf, and ``(i, j, view)`` for each window offset: the strided
+    slice of the padded input that offset (i, j) of every window reads, output-sized."""
+    (kh, kw), (sh, sw), pads = geom
+    xp = jax.lax.pad(x, np.array(-np.inf, x.dtype), [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
     n, rows, cols, c = xp.shape
-    ho, wo = rows - kh + 1, cols - kw + 1
-    views = [jax.lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) for i in range(kh) for j in range(kw)]
-    return functools.reduce(jnp.maximum, views)
+    ho, wo = (rows - kh) // sh + 1, (cols - kw) // sw + 1
+    return xp, [(i, j, jax.lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                                     (1, sh, sw, 1)))
+                for i in range(kh) for j in range(kw)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -59,9 +67,9 @@ def _max_pool_fwd(x, geom):
 
 
 def _max_pool_bwd(geom, res, g):
-    (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = geom
+    (sh, sw), ((pt, _), (pl, _)) = geom[1:]
     x, y = res
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
+    xp, views = _window_views(x, geom)
     n, ho, wo, c = y.shape
     zero = jnp.zeros((), g.dtype)
     # Padded row i + sh*r is row r + i // sh of the phase-(i % sh) plane: each window offset
@@ -69,16 +77,13 @@ def _max_pool_bwd(geom, res, g):
     rows, cols = -(-xp.shape[1] // sh), -(-xp.shape[2] // sw)
     planes = [[jnp.zeros((n, rows, cols, c), g.dtype) for _ in range(sw)] for _ in range(sh)]
     taken = jnp.zeros(y.shape, bool)
-    for i in range(kh):
-        for j in range(kw):
-            view = jax.lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                                 (1, sh, sw, 1))
-            hit = (view == y) & ~taken
-            taken = taken | hit
-            di, dj = i // sh, j // sw
-            planes[i % sh][j % sw] = planes[i % sh][j % sw] + jax.lax.pad(
-                jnp.where(hit, g, zero), zero,
-                ((0, 0, 0), (di, rows - ho - di, 0), (dj, cols - wo - dj, 0), (0, 0, 0)))
+    for i, j, view in views:
+        hit = (view == y) & ~taken
+        taken = taken | hit
+        di, dj = i // sh, j // sw
+        planes[i % sh][j % sw] = planes[i % sh][j % sw] + jax.lax.pad(
+            jnp.where(hit, g, zero), zero,
+            ((0, 0, 0), (di, rows - ho - di, 0), (dj, cols - wo - dj, 0), (0, 0, 0)))
     dxp = jnp.stack([jnp.stack(row, axis=3) for row in planes], axis=2)  # n, rows, sh, cols, sw, c
     dxp = dxp.reshape(n, rows * sh, cols * sw, c)
     return (dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]],)
