@@ -82,8 +82,8 @@ STAGE_STRIDES = (1, 2, 2, 2)
 #: A stage's identical blocks (all but its first) run as one ``lax.scan`` when there are at
 #: least this many: ResNet-101's and -152's long stages. Measured (docs/benchmarks.md): the
 #: ResNet-152 train step traces and compiles in 23-27 s instead of 35-44 and steps faster
-#: (0.92-0.93 against 0.72-0.74 img/s); scanning the 2-5 block runs of ResNet-34/50 adds a loop's compile
-#: cost and saves nothing.
+#: (0.92-0.93 against 0.72-0.74 img/s); scanning the 2-5 block runs of ResNet-34/50 adds
+#: a loop's compile cost and saves nothing.
 SCAN_MIN_BLOCKS = 6
 
 
