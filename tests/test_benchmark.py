@@ -55,7 +55,8 @@ def test_auto_policy_matches_xla_values_and_gradients():
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad under weight_grad='matmul'
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1),        # small map: im2col
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0),       # pointwise, strided
-             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0)]      # single channel: taps
+             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0),      # single channel: taps
+             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1)]     # the rest: xla+stored
     for shape, wshape, stride, pad in cases:
         x = jax.random.normal(jax.random.key(0), shape)
         w = jax.random.normal(jax.random.key(1), wshape)
@@ -75,14 +76,16 @@ def test_policy_choices_by_shape():
     choose = lambda x, w, out, stride=(1, 1): nn.conv_policy(x, w, stride, (1, 1), 1, out)
     assert choose((8, 4, 4, 256), (3, 3, 256, 256), (4, 4)) == "im2col"
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), (56, 56)) == "im2col"
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"
+    with nn.conv_levers(store_input=False):
+        assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
     with nn.conv_levers(weight_grad="matmul"):
         assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+mmgrad"
-        assert choose((8, 14, 14, 6), (5, 5, 6, 16), (10, 10)) == "xla"
-        assert choose((8, 8, 8, 64), (3, 3, 64, 64), (8, 8)) == "xla"
+        assert choose((8, 14, 14, 6), (5, 5, 6, 16), (10, 10)) == "xla+stored"
+        assert choose((8, 8, 8, 64), (3, 3, 64, 64), (8, 8)) == "xla+stored"
     rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
-    assert [r[1] for r in rows] == ["taps", "xla"]
-    with nn.conv_levers(single_channel=False):
+    assert [r[1] for r in rows] == ["taps", "xla+stored"]
+    with nn.conv_levers(single_channel=False, store_input=False):
         rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
     assert [r[1] for r in rows] == ["xla", "xla"]
 

@@ -64,3 +64,20 @@ def test_batch_norm_train_equals_autodiff_of_the_formula(shape):
     # the statistics feed the running averages only: no gradient flows through them
     stat_grad = jax.grad(lambda x: jnp.sum(ops.batch_norm_train(x, scale, bias, 1e-5)[1]))(x)
     assert float(jnp.max(jnp.abs(stat_grad))) == 0.0
+
+
+def test_stored_is_the_identity_and_survives_compilation():
+    x = jnp.array([[jnp.nan, -0.0, jnp.inf], [1.5, -2.0, 3.0]])
+    for first in (jnp.nan, 0.0):  # the predicate reads the first element
+        xi = x.at[0, 0].set(first)
+        got = jax.jit(ops.stored)(xi)
+        np.testing.assert_array_equal(got, xi)
+        assert np.signbit(got[0, 1])
+    g = jax.grad(lambda a: jnp.sum(ops.stored(a) * jnp.arange(6.0).reshape(2, 3)))(jnp.ones((2, 3)))
+    np.testing.assert_array_equal(g, jnp.arange(6.0).reshape(2, 3))
+    # the conditional is what keeps XLA from fusing the ReLU into the gradient's transpose
+    w = jnp.ones((3, 3, 4, 4))
+    loss = lambda w, x: jnp.sum(jax.lax.conv_general_dilated(
+        ops.stored(jax.nn.relu(x)), w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    hlo = jax.jit(jax.grad(loss)).lower(w, jnp.ones((2, 8, 8, 4))).compile().as_text()
+    assert "conditional(" in hlo

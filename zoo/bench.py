@@ -395,6 +395,7 @@ LEVER_VARIANTS = {
     "no_single_channel": ("auto", {"single_channel": False}, ("infer", "train")),
     "mmgrad": ("auto", {"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
     "no_input_grad": ("auto", {"input_grad": "autodiff"}, ("train",)),
+    "no_store_input": ("auto", {"store_input": False}, ("train",)),
     "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
 }
 
@@ -402,8 +403,9 @@ LEVER_VARIANTS = {
 def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
     """The :data:`LEVER_VARIANTS` that change something for this model and mode (their
     conv choices differ from the default policy's, or the lever acts in this mode/dtype)."""
-    def same_program(rows):  # in inference 'xla+mmgrad' runs XLA's forward: the same program
-        return [(p, "xla" if mode == "infer" and i == "xla+mmgrad" else i, x, w) for p, i, x, w in rows]
+    def same_program(rows):  # in inference the custom convs with XLA's forward run just that
+        return [(p, "xla" if mode == "infer" and i in ("xla+mmgrad", "xla+stored") else i, x, w)
+                for p, i, x, w in rows]
 
     base = same_program(conv_choices(model, input_shape, dtype=dtype))
     out = {}
@@ -414,7 +416,7 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
             if dtype != "bfloat16":
                 continue
         elif name == "no_input_grad":
-            if not any(c[1] in nn.CUSTOM_CONVS for c in base):
+            if not any(c[1] in nn.CUSTOM_CONVS and nn.CUSTOM_CONVS[c[1]][1] is None for c in base):
                 continue
         elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
                                        dtype=dtype)) == base:

@@ -13,6 +13,9 @@ docs/benchmarks.md.
 - :func:`batch_norm_train`: the batch sums as products with a ones vector and the
   backward written out (two sums instead of XLA's reductions of the autodiff graph):
   forward + backward at 32x56x56x64 80 -> 41 ms, at 32x14x14x256 22.6 -> 7.8 ms.
+- :func:`stored`: a value XLA:CPU reads from memory instead of recomputing it in each
+  consumer (the input a conv keeps for its weight gradient; ResNet-18 train step at 224:
+  0.87-0.90x the time).
 """
 from __future__ import annotations
 
@@ -90,6 +93,22 @@ def _max_pool_bwd(geom, res, g):
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def stored(x):
+    """``x``, as a buffer whose producers XLA cannot fuse into its consumers.
+
+    XLA:CPU duplicates cheap elementwise producers into every consumer. When the consumer is
+    the transpose XLA adds in front of its weight-gradient convolution (to (C, H, W, N)),
+    the fused loop recomputes the whole BatchNorm/ReLU/residual-add chain in strided order:
+    259 ms for one 32x56x56x64 input of ResNet-18 at 224, against 17 ms to transpose a
+    stored array. An optimization barrier is dropped before fusion; a conditional is not,
+    and its operand and result are buffers (the cost is one copy of ``x``). Its predicate
+    ``(v == v) | (v != v)`` holds for every float, NaN included, so the other branch is never
+    taken; XLA cannot prove that, and keeps the conditional.
+    """
+    v = x.reshape(-1)[0]
+    return jax.lax.cond((v == v) | (v != v), lambda a: a, jnp.zeros_like, x)
 
 
 def _column_sum(a):
