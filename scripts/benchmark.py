@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fully-conv-size", type=int, default=384)
     p.add_argument("--compile-report", nargs="*", metavar="MODEL",
                    help="compile time of the train step (224, batch 32) of these models")
+    p.add_argument("--compile-rounds", type=int, default=1, metavar="ROUNDS",
+                   help="with --compile-report: compile every model ROUNDS times, the models "
+                        "alternately; medians, and the ResNet-152/50 ratio as the median of "
+                        "the rounds' ratios (single compiles vary by +-2 s)")
     p.add_argument("--scan-steps", type=int, default=0, metavar="ROUNDS",
                    help="with --compile-report: also time the train step of the models with "
                         "scanned stages against their unrolled program, ROUNDS rounds")
@@ -212,7 +216,8 @@ def main(argv=None) -> dict:
         results["fully_conv"] = run_fully_conv(args, log)
         save(results, args.json)
     if args.compile_report:
-        results["compile_report"] = run_compile_report(args.compile_report, log, args.scan_steps)
+        results["compile_report"] = run_compile_report(args.compile_report, log, args.scan_steps,
+                                                       args.compile_rounds)
     if not args.no_peak and targets:  # the peak again: how much the machine's load moved
         results["peaks_after"] = {d: bench.matmul_peak(d, n=n, reps=3) for d in results["peaks"]}
     results["wall_s"] = time.time() - started
@@ -243,33 +248,48 @@ def run_fully_conv(args, log) -> dict:
         return dict(error=repr(err))
 
 
-def run_compile_report(models, log, scan_steps: int = 0) -> dict:
+def run_compile_report(models, log, scan_steps: int = 0, rounds: int = 1) -> dict:
     """Train-step compile time (224, batch 32) of each model as built (long ResNet stages as a
-    ``lax.scan``) and unrolled (``nn.scan_repeats(0)``); with ``scan_steps``, also the step
-    time of both programs, interleaved, for the models where they differ."""
+    ``lax.scan``) and unrolled (``nn.scan_repeats(0)``), ``rounds`` times with the models
+    alternating: per model the medians, and the ResNet-152/50 ratios as medians of the
+    rounds' ratios. With ``scan_steps``, also the step time of both programs, interleaved,
+    for the models where they differ."""
     import zoo
     from zoo import bench, nn
     log("\n== compile time of the train step, 224x224, batch 32 (trace+lower, compile)")
+    labels = (("built", None), ("unrolled", 0))
+    runs = {name: {label: [] for label, _ in labels} for name in models}
+    for i in range(rounds):
+        for name in models:
+            model = zoo.create(name)
+            for label, min_run in labels:
+                with nn.scan_repeats(min_run):
+                    lower_s, compile_s = bench.compile_seconds(model, "train", 32, 224)
+                runs[name][label].append(dict(lower_s=lower_s, compile_s=compile_s,
+                                              total_s=lower_s + compile_s))
+                log(f"   {name:10s} {label:8s} lower {lower_s:6.1f} s  compile {compile_s:6.1f} s"
+                    + (f"  (round {i + 1}/{rounds})" if rounds > 1 else ""))
     out = {}
     for name in models:
+        row = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} | {"rounds": rs}
+               for label, rs in runs[name].items()}
         model = zoo.create(name)
-        row = {}
-        for label, min_run in (("built", None), ("unrolled", 0)):
-            with nn.scan_repeats(min_run):
-                lower_s, compile_s = bench.compile_seconds(model, "train", 32, 224)
-            row[label] = dict(lower_s=lower_s, compile_s=compile_s, total_s=lower_s + compile_s)
-            log(f"   {name:10s} {label:8s} lower {lower_s:6.1f} s  compile {compile_s:6.1f} s")
         row["scanned"] = bench.has_scanned_runs(model, (32, 224, 224, 3))
-        row.update(row["built"])
+        row.update({k: v for k, v in row["built"].items() if k != "rounds"})
         out[name] = row
         if scan_steps and row["scanned"]:
             out[name]["steps"] = scan_step_times(model, scan_steps, log)
     if "resnet152" in out and "resnet50" in out:
-        ratio = out["resnet152"]["total_s"] / out["resnet50"]["total_s"]
-        unrolled = out["resnet152"]["unrolled"]["total_s"] / out["resnet50"]["unrolled"]["total_s"]
-        out["resnet152/resnet50"] = ratio
-        out["resnet152/resnet50 unrolled"] = unrolled
-        log(f"   resnet152 / resnet50: {ratio:.2f}x as built, {unrolled:.2f}x unrolled")
+        for label, key in (("built", "resnet152/resnet50"), ("unrolled", "resnet152/resnet50 unrolled")):
+            ratios = [a["total_s"] / b["total_s"]
+                      for a, b in zip(runs["resnet152"][label], runs["resnet50"][label])]
+            out[key] = statistics.median(ratios)
+            out[key + " rounds"] = ratios
+        log(f"   resnet152 / resnet50: {out['resnet152/resnet50']:.2f}x as built, "
+            f"{out['resnet152/resnet50 unrolled']:.2f}x unrolled"
+            + (f" (medians of {rounds} rounds: "
+               + " ".join(f"{r:.2f}" for r in out["resnet152/resnet50 rounds"]) + ")"
+               if rounds > 1 else ""))
     return out
 
 
