@@ -73,6 +73,7 @@ def test_stored_is_the_identity_and_survives_compilation():
         got = jax.jit(ops.stored)(xi)
         np.testing.assert_array_equal(got, xi)
         assert np.signbit(got[0, 1])
+    assert ops.stored(jnp.zeros((0, 3))).shape == (0, 3)
     g = jax.grad(lambda a: jnp.sum(ops.stored(a) * jnp.arange(6.0).reshape(2, 3)))(jnp.ones((2, 3)))
     np.testing.assert_array_equal(g, jnp.arange(6.0).reshape(2, 3))
     # the conditional is what keeps XLA from fusing the ReLU into the gradient's transpose

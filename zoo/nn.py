@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 import zlib
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -461,36 +461,45 @@ def _taps_conv(x, w, geom, out_hw):
     return jnp.stack(planes, axis=-1)
 
 
+class _CustomConv(NamedTuple):
+    """The static part of :func:`_conv_custom`."""
+    geom: tuple
+    out_hw: tuple
+    forward: str       # 'xla' or 'taps'
+    input_grad: str    # 'conv' (one explicit forward conv) or 'autodiff'
+    weight_grad: str   # 'matmul' or 'xla'
+    chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
+    store_input: bool  # keep the input as a stored buffer for the backward (ops.stored)
+
+
 def _conv_custom_primal(x, w, meta):
-    geom, out_hw, forward = meta[:3]
-    return _taps_conv(x, w, geom, out_hw) if forward == "taps" else _xla_conv(x, w, geom)
+    if meta.forward == "taps":
+        return _taps_conv(x, w, meta.geom, meta.out_hw)
+    return _xla_conv(x, w, meta.geom)
 
 
 def _conv_custom_fwd(x, w, meta):
-    if meta[6]:
+    if meta.store_input:
         x = ops.stored(x)
     return _conv_custom_primal(x, w, meta), (x, w)
 
 
 def _conv_custom_bwd(meta, res, dy):
-    geom, out_hw, _, input_grad, weight_grad, chunk_bytes, _ = meta
+    geom = meta.geom
     x, w = res
-    if input_grad == "conv":
+    if meta.input_grad == "conv":
         dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
     else:
         dx = jax.vjp(lambda x_: _xla_conv(x_, w, geom), x)[1](dy)[0]
-    if weight_grad == "matmul":
-        dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, out_hw, chunk_bytes)
+    if meta.weight_grad == "matmul":
+        dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, meta.out_hw, meta.chunk_bytes)
     else:
         dw = jax.vjp(lambda w_: _xla_conv(x, w_, geom), w)[1](dy)[0]
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-#: A convolution whose forward (``'xla'`` or ``'taps'``), input gradient (``'conv'``: one
-#: explicit forward conv, or ``'autodiff'``) and weight gradient (``'matmul'`` or
-#: ``'xla'``) are chosen separately, its input optionally stored for the backward;
-#: ``meta`` = (geometry, output size, forward, input gradient, weight gradient, chunk
-#: bytes, store input) is static.
+#: A convolution whose forward, input gradient and weight gradient are chosen separately,
+#: its input optionally stored for the backward (:class:`_CustomConv`).
 _conv_custom = jax.custom_vjp(_conv_custom_primal, nondiff_argnums=(2,))
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 
@@ -542,8 +551,8 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         forward, input_grad, weight_grad, store = CUSTOM_CONVS[impl]
         if input_grad is None:
             input_grad = "conv" if levers["input_grad"] == "conv" or _IN_SCAN.get() else "autodiff"
-        y = _conv_custom(x, w, (geom, tuple(out_hw), forward, input_grad, weight_grad,
-                                int(levers["chunk_bytes"]), store))
+        y = _conv_custom(x, w, _CustomConv(geom, tuple(out_hw), forward, input_grad, weight_grad,
+                                           int(levers["chunk_bytes"]), store))
     else:
         y = _im2col_conv(x, w, (kh, kw), stride, pads, dilation, out_hw, groups, precision, acc)
     return y.astype(x.dtype)

@@ -107,6 +107,8 @@ def stored(x):
     ``(v == v) | (v != v)`` holds for every float, NaN included, so the other branch is never
     taken; XLA cannot prove that, and keeps the conditional.
     """
+    if x.size == 0:
+        return x
     v = x.reshape(-1)[0]
     return jax.lax.cond((v == v) | (v != v), lambda a: a, jnp.zeros_like, x)
 
