@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zoo
+from conftest import normal
 from zoo import bench, nn
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -58,11 +59,11 @@ def test_auto_policy_matches_xla_values_and_gradients():
              ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0),      # single channel: taps
              ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1)]     # the rest: xla+stored
     for shape, wshape, stride, pad in cases:
-        x = jax.random.normal(jax.random.key(0), shape)
-        w = jax.random.normal(jax.random.key(1), wshape)
+        x = normal(0, shape)
+        w = normal(1, wshape)
         run = lambda impl: (lambda x, w: nn.conv2d(x, w, stride=stride, padding=pad, rounding="floor",
                                                      impl=impl))
-        probe = jax.random.normal(jax.random.key(2), run("xla")(x, w).shape)
+        probe = normal(2, run("xla")(x, w).shape)
         with nn.conv_levers(weight_grad="matmul", chunk_bytes=1):  # chunked (scanned) weight grad
             ya, ga = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run("auto")(x, w) * probe),
                                                 argnums=(0, 1)))(x, w)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import normal
 from zoo import nn
 
 CONV_CASES = [  # (input NHWC, kernel, stride, padding, dilation, groups, rounding)
@@ -22,9 +23,8 @@ CONV_CASES = [  # (input NHWC, kernel, stride, padding, dilation, groups, roundi
 def test_im2col_equals_xla_values_and_gradients(shape, kernel, stride, padding, dilation, groups, rounding):
     kh, kw = nn._pair(kernel)
     cout = 8
-    kx, kw_ = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, shape)
-    w = jax.random.normal(kw_, (kh, kw, shape[3] // groups, cout))
+    x = normal(0, shape)
+    w = normal(1, (kh, kw, shape[3] // groups, cout))
 
     def run(impl, x, w):
         return nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -34,7 +34,7 @@ def test_im2col_equals_xla_values_and_gradients(shape, kernel, stride, padding, 
     y_col = jax.jit(run, static_argnums=0)("im2col", x, w)
     assert y_xla.shape == y_col.shape
     np.testing.assert_allclose(y_col, y_xla, rtol=1e-5, atol=1e-5)
-    probe = jax.random.normal(jax.random.key(1), y_xla.shape)
+    probe = normal(2, y_xla.shape)
     loss = lambda impl: (lambda x, w: jnp.sum(run(impl, x, w) * probe))
     gx_xla, gw_xla = jax.jit(jax.grad(loss("xla"), argnums=(0, 1)))(x, w)
     gx_col, gw_col = jax.jit(jax.grad(loss("im2col"), argnums=(0, 1)))(x, w)
@@ -248,11 +248,11 @@ def test_taps_equals_xla_values_and_gradients(shape, kernel, stride, padding, di
     geometry, with the single input channel it is chosen for (two channels: the same code)."""
     kh, kw = nn._pair(kernel)
     shape = (*shape[:3], 1 if kh * kw > 9 else 2)
-    x = jax.random.normal(jax.random.key(0), shape)
-    w = jax.random.normal(jax.random.key(1), (kh, kw, shape[3], 5))
+    x = normal(0, shape)
+    w = normal(1, (kh, kw, shape[3], 5))
     run = lambda impl: lambda x, w: nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
                                               rounding=rounding, impl=impl)
-    probe = jax.random.normal(jax.random.key(2), run("xla")(x, w).shape)
+    probe = normal(2, run("xla")(x, w).shape)
     results = {impl: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run(impl)(x, w) * probe),
                                                 argnums=(0, 1)))(x, w) for impl in ("taps", "xla")}
     np.testing.assert_allclose(jax.jit(run("taps"))(x, w), run("xla")(x, w), rtol=1e-5, atol=1e-5)
@@ -268,13 +268,13 @@ def test_explicit_input_gradient_equals_autodiff(shape, kernel, stride, padding,
     """The input gradient written as a forward conv (used by the matmul-weight-gradient path)."""
     kh, kw = nn._pair(kernel)
     stride, padding, dilation = map(nn._pair, (stride, padding, dilation))
-    x = jax.random.normal(jax.random.key(0), shape)
-    w = jax.random.normal(jax.random.key(1), (kh, kw, shape[3] // groups, 6 * groups))
+    x = normal(0, shape)
+    w = normal(1, (kh, kw, shape[3] // groups, 6 * groups))
     out_hw = nn._spatial_out(x.shape, (kh, kw), stride, padding, dilation, rounding, "conv")
     pads = tuple(map(tuple, nn._padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)))
     geom = (stride, pads, dilation, groups, jax.lax.Precision.HIGHEST, None)
     y, vjp = jax.vjp(lambda a: nn._xla_conv(a, w, geom), x)
-    dy = jax.random.normal(jax.random.key(2), y.shape)
+    dy = normal(2, y.shape)
     got = nn._conv_input_grad(dy, w, geom, x.shape[1:3])
     assert got.shape == x.shape
     np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-5)
