@@ -404,8 +404,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
     """The :data:`LEVER_VARIANTS` that change something for this model and mode (their
     conv choices differ from the default policy's, or the lever acts in this mode/dtype)."""
     def same_program(rows):  # in inference the custom convs with XLA's forward run just that
-        return [(p, "xla" if mode == "infer" and i in ("xla+mmgrad", "xla+stored") else i, x, w)
-                for p, i, x, w in rows]
+        return [(p, "xla" if mode == "infer" and i in nn.CUSTOM_CONVS
+                 and nn.CUSTOM_CONVS[i].forward == "xla" else i, x, w) for p, i, x, w in rows]
 
     base = same_program(conv_choices(model, input_shape, dtype=dtype))
     out = {}
@@ -416,7 +416,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
             if dtype != "bfloat16":
                 continue
         elif name == "no_input_grad":
-            if not any(c[1] in nn.CUSTOM_CONVS and nn.CUSTOM_CONVS[c[1]][1] is None for c in base):
+            if not any(c[1] in nn.CUSTOM_CONVS and nn.CUSTOM_CONVS[c[1]].input_grad is None
+                       for c in base):
                 continue
         elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
                                        dtype=dtype)) == base:

@@ -503,12 +503,19 @@ def _conv_custom_bwd(meta, res, dy):
 _conv_custom = jax.custom_vjp(_conv_custom_primal, nondiff_argnums=(2,))
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 
-#: The implementations :func:`conv_policy` picks from besides ``'xla'`` and ``'im2col'``:
-#: name -> (forward, input gradient or None for the ``input_grad`` lever, weight gradient,
-#: store input) of :func:`_conv_custom`.
-CUSTOM_CONVS = {"xla+mmgrad": ("xla", None, "matmul", False),
-                "taps": ("taps", None, "xla", False),
-                "xla+stored": ("xla", "autodiff", "xla", True)}
+class CustomConvRecipe(NamedTuple):
+    """What one of :data:`CUSTOM_CONVS` fixes of :class:`_CustomConv`; ``input_grad=None``
+    leaves the input gradient to the ``input_grad`` lever."""
+    forward: str
+    input_grad: str | None
+    weight_grad: str
+    store_input: bool
+
+
+#: The implementations :func:`conv_policy` picks from besides ``'xla'`` and ``'im2col'``.
+CUSTOM_CONVS = {"xla+mmgrad": CustomConvRecipe("xla", None, "matmul", False),
+                "taps": CustomConvRecipe("taps", None, "xla", False),
+                "xla+stored": CustomConvRecipe("xla", "autodiff", "xla", True)}
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
