@@ -53,20 +53,24 @@ def test_train_runner_steps_and_threads_state():
 
 def test_auto_policy_matches_xla_values_and_gradients():
     """Every lever of the 'auto' policy, on the shapes where it acts, equals XLA's conv."""
-    cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1),   # xla+mmgrad under weight_grad='matmul'
-             ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1),        # small map: im2col
-             ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0),       # pointwise, strided
-             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0),      # single channel: taps
-             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1)]     # the rest: xla+stored
-    for shape, wshape, stride, pad in cases:
+    cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1, "xla+mmgrad"),  # under weight_grad='matmul'
+             ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col"),           # small map
+             ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0, "im2col"),          # pointwise, strided
+             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0, "taps"),           # single channel
+             ((2, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd"),    # odd map: cropped tiles
+             ((2, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd"),    # unpadded
+             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored")]    # the rest
+    for shape, wshape, stride, pad, impl in cases:
         x = normal(0, shape)
         w = normal(1, wshape)
         run = lambda impl: (lambda x, w: nn.conv2d(x, w, stride=stride, padding=pad, rounding="floor",
                                                      impl=impl))
         probe = normal(2, run("xla")(x, w).shape)
-        with nn.conv_levers(weight_grad="matmul", chunk_bytes=1):  # chunked (scanned) weight grad
+        with nn.conv_levers(weight_grad="matmul", chunk_bytes=1), \
+                nn.recording_conv_choices() as chosen:  # chunked (scanned) weight grad
             ya, ga = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run("auto")(x, w) * probe),
                                                 argnums=(0, 1)))(x, w)
+        assert [c[1] for c in chosen] == [impl]
         yx, gx = jax.value_and_grad(lambda x, w: jnp.sum(run("xla")(x, w) * probe), argnums=(0, 1))(x, w)
         np.testing.assert_allclose(ya, yx, rtol=1e-4)
         np.testing.assert_allclose(ga[0], gx[0], rtol=1e-4, atol=1e-4)

@@ -396,6 +396,7 @@ LEVER_VARIANTS = {
     "mmgrad": ("auto", {"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
     "no_input_grad": ("auto", {"input_grad": "autodiff"}, ("train",)),
     "no_store_input": ("auto", {"store_input": False}, ("train",)),
+    "no_winograd": ("auto", {"winograd": ()}, ("infer", "train")),
     "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
 }
 

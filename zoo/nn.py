@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import ops
+from . import ops, winograd
 
 Shape = tuple[int, ...]
 
@@ -220,13 +220,23 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   one stored buffer (:func:`zoo.ops.stored`) instead of being recomputed from its
 #:   BatchNorm/ReLU/add producers inside XLA's transposing fusion (ResNet-18 train step at
 #:   224: 0.87-0.90x the time). Inference is unchanged (the custom VJP's primal is XLA's conv).
+#: - ``winograd``: float32, ungrouped 3x3 stride-1 convolutions run forward as Winograd's
+#:   F(2x2, 3x3) (:mod:`zoo.winograd`; gradients as ``'xla+stored'``) on output maps of at
+#:   least ``winograd_min_map`` pixels, where a ``(max map pixels, min input and output
+#:   channels)`` pair admits them. Its transforms move 4x the input and output through
+#:   memory for 2.25x fewer multiply-adds, so it pays with many channels: alone, batch 8,
+#:   0.45-0.53x XLA's time at 28x28x128 and 14x14x256, 0.69-0.79x at 14x14x32-64 and
+#:   28x28x64, 0.75x at 56x56x256, but 1.27x at 56x56x64, 1.05x at 56x56x128, 1.1x at
+#:   28x28x16 and 1.1-1.2x on 7x7 maps (a 7x7 map is 4x4 tiles of 8x8). ``()`` switches
+#:   it off.
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
 CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, input_grad="conv",
                    weight_grad="xla",
                    mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
-                   store_input=True, low_precision="f32acc", cpu_only=True)
+                   store_input=True, winograd=((784, 32), (3136, 256)), winograd_min_map=100,
+                   low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
 
 
@@ -263,7 +273,7 @@ def recording_conv_choices():
         _CONV_CHOICES.reset(token)
 
 
-def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
+def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw, dtype=jnp.float32) -> str:
     """The implementation chosen for ``impl='auto'``, by shape (a cheap rule measured on the
     2-core CPU of PERF-NOTES; the measurements are in docs/benchmarks.md):
 
@@ -277,6 +287,9 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
       long patches (``kh*kw*Cin >= 256``, ``Cout >= 32``) on maps of >= 144 pixels;
     - ``'taps'`` for one input channel: shifted multiply-adds forward, XLA's weight-gradient
       convolution (LeNet-5 train step: 1.3x);
+    - ``'winograd'`` for float32 3x3 stride-1 convolutions with enough channels for their
+      map (the ``winograd`` lever): the forward as Winograd's F(2x2, 3x3)
+      (:mod:`zoo.winograd`, 2.25x fewer multiply-adds), XLA's gradients of the stored input;
     - ``'xla+stored'`` otherwise (``store_input``): XLA's convolution and gradients, the
       input kept as a stored buffer for the weight gradient;
     - ``'xla'`` with ``store_input`` off, and for every conv on accelerators (cuDNN & co.
@@ -298,7 +311,19 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw) -> str:
         return "xla+mmgrad"
     if levers["single_channel"] and x_shape[3] == 1 and groups == 1:
         return "taps"
+    if _winograd_fits(levers, x_shape, w_shape, stride, dilation, groups, out_hw, dtype):
+        return "winograd"
     return "xla+stored" if levers["store_input"] else "xla"
+
+
+def _winograd_fits(levers, x_shape, w_shape, stride, dilation, groups, out_hw, dtype) -> bool:
+    if not (tuple(w_shape[:2]) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
+            and groups == 1 and jnp.dtype(dtype) == jnp.float32):
+        return False
+    pixels, channels = out_hw[0] * out_hw[1], min(x_shape[3], w_shape[3])
+    return pixels >= levers["winograd_min_map"] and any(
+        pixels <= max_map and channels >= min_channels
+        for max_map, min_channels in levers["winograd"])
 
 
 @contextlib.contextmanager
@@ -406,11 +431,12 @@ def _weight_grad_matmul(x, dy, w_shape, geom, out_hw, chunk_bytes):
     return total.reshape(w_shape)
 
 
-def _conv_input_grad(dy, w, geom, in_hw):
+def _conv_input_grad(dy, w, geom, in_hw, by_winograd=False):
     """``dL/dx`` of :func:`_xla_conv` as one forward convolution of ``dy`` (dilated by the
     stride) with the flipped kernel, inputs and outputs swapped per group. The same values
     as autodiff's transposed convolution, but a plain convolution to XLA: inside a
-    ``lax.scan`` XLA:CPU runs autodiff's form 5x slower than this one (docs/benchmarks.md)."""
+    ``lax.scan`` XLA:CPU runs autodiff's form 5x slower than this one (docs/benchmarks.md).
+    ``by_winograd``: that convolution as F(2x2, 3x3) where it is one (3x3, stride 1)."""
     stride, pads, dilation, groups, precision, acc = geom
     kh, kw, cin_g, cout = w.shape
     w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, cin_g, groups, cout // groups)
@@ -421,6 +447,9 @@ def _conv_input_grad(dy, w, geom, in_hw):
         lo = pads[axis][0]
         out = dy.shape[1 + axis]
         padding.append((k_eff - 1 - lo, in_hw[axis] - (out - 1) * stride[axis] - 1 + lo))
+    if (by_winograd and (kh, kw) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
+            and groups == 1 and padding[0][0] >= 0 and padding[1][0] >= 0):
+        return winograd.conv3x3(dy, w_t, padding, in_hw, precision, acc)
     return jax.lax.conv_general_dilated(
         dy, w_t, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
         rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -465,8 +494,8 @@ class _CustomConv(NamedTuple):
     """The static part of :func:`_conv_custom`."""
     geom: tuple
     out_hw: tuple
-    forward: str       # 'xla' or 'taps'
-    input_grad: str    # 'conv' (one explicit forward conv) or 'autodiff'
+    forward: str       # 'xla', 'taps' or 'winograd'
+    input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)), 'autodiff'
     weight_grad: str   # 'matmul' or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
     store_input: bool  # keep the input as a stored buffer for the backward (ops.stored)
@@ -475,6 +504,9 @@ class _CustomConv(NamedTuple):
 def _conv_custom_primal(x, w, meta):
     if meta.forward == "taps":
         return _taps_conv(x, w, meta.geom, meta.out_hw)
+    if meta.forward == "winograd":
+        stride, pads, dilation, groups, precision, acc = meta.geom
+        return winograd.conv3x3(x, w, pads, meta.out_hw, precision, acc)
     return _xla_conv(x, w, meta.geom)
 
 
@@ -487,8 +519,9 @@ def _conv_custom_fwd(x, w, meta):
 def _conv_custom_bwd(meta, res, dy):
     geom = meta.geom
     x, w = res
-    if meta.input_grad == "conv":
-        dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
+    if meta.input_grad in ("conv", "winograd"):
+        dx = _conv_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
+                              by_winograd=meta.input_grad == "winograd")
     else:
         dx = jax.vjp(lambda x_: _xla_conv(x_, w, geom), x)[1](dy)[0]
     if meta.weight_grad == "matmul":
@@ -504,18 +537,19 @@ _conv_custom = jax.custom_vjp(_conv_custom_primal, nondiff_argnums=(2,))
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 
 class CustomConvRecipe(NamedTuple):
-    """What one of :data:`CUSTOM_CONVS` fixes of :class:`_CustomConv`; ``input_grad=None``
-    leaves the input gradient to the ``input_grad`` lever."""
+    """What one of :data:`CUSTOM_CONVS` fixes of :class:`_CustomConv`; ``None`` leaves the
+    input gradient to the ``input_grad`` lever, the stored input to ``store_input``."""
     forward: str
     input_grad: str | None
     weight_grad: str
-    store_input: bool
+    store_input: bool | None
 
 
 #: The implementations :func:`conv_policy` picks from besides ``'xla'`` and ``'im2col'``.
 CUSTOM_CONVS = {"xla+mmgrad": CustomConvRecipe("xla", None, "matmul", False),
                 "taps": CustomConvRecipe("taps", None, "xla", False),
-                "xla+stored": CustomConvRecipe("xla", "autodiff", "xla", True)}
+                "xla+stored": CustomConvRecipe("xla", "autodiff", "xla", True),
+                "winograd": CustomConvRecipe("winograd", "winograd", "xla", None)}
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
@@ -539,7 +573,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     if impl == "auto" and not isinstance(x, jax.core.Tracer):
         impl = "xla"  # eager: one dispatch (and one compile) instead of kh*kw slices and a dot
     elif impl == "auto":
-        impl = conv_policy(x.shape, w.shape, stride, dilation, groups, out_hw)
+        impl = conv_policy(x.shape, w.shape, stride, dilation, groups, out_hw, x.dtype)
     elif impl not in CONV_IMPLS + tuple(CUSTOM_CONVS):
         raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
     if impl == "taps" and groups != 1:
@@ -558,6 +592,8 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         forward, input_grad, weight_grad, store = CUSTOM_CONVS[impl]
         if input_grad is None:
             input_grad = "conv" if levers["input_grad"] == "conv" or _IN_SCAN.get() else "autodiff"
+        if store is None:
+            store = bool(levers["store_input"])
         y = _conv_custom(x, w, _CustomConv(geom, tuple(out_hw), forward, input_grad, weight_grad,
                                            int(levers["chunk_bytes"]), store))
     else:

@@ -1,0 +1,85 @@
+"""Winograd's F(2x2, 3x3) (zoo.winograd) against XLA's convolution and a float64 reference."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import normal
+from zoo import bench, nn, winograd
+import zoo
+
+
+def _xla(x, w, pads):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape, cout, pads", [
+    ((2, 8, 8, 4), 6, ((1, 1), (1, 1))),      # even map, 'same' padding
+    ((2, 7, 9, 5), 3, ((1, 1), (1, 1))),      # odd maps: the last tile row/column is cropped
+    ((1, 6, 5, 3), 2, ((0, 0), (2, 1))),      # no padding, asymmetric padding
+    ((1, 10, 10, 4), 4, ((1, -1), (0, 0))),   # a negative bottom padding crops the input
+])
+def test_equals_xla_convolution(shape, cout, pads):
+    x, w = normal(0, shape), normal(1, (3, 3, shape[3], cout))
+    ref = _xla(x, w, pads)
+    y = winograd.conv3x3(x, w, pads, ref.shape[1:3])
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_kernel_transform_is_g_w_gt():
+    w = np.random.default_rng(3).standard_normal((3, 3, 2, 5))
+    g = winograd.G
+    expected = np.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, 2, 5)
+    np.testing.assert_allclose(winograd.kernel_transform(jnp.asarray(w, jnp.float32)), expected,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_error_against_float64_is_close_to_xlas():
+    """The transforms add roundings; on a ResNet-sized layer the error stays within 2x of
+    XLA's own float32 convolution's (both against a float64 reference)."""
+    x, w = normal(4, (2, 28, 28, 128)), normal(5, (3, 3, 128, 128)) / np.sqrt(9 * 128)
+    pads = ((1, 1), (1, 1))
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    exact = sum(np.einsum("nhwc,ck->nhwk",
+                          np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))[:, i:i + 28, j:j + 28],
+                          w64[i, j]) for i in range(3) for j in range(3))
+    err_xla = np.abs(np.asarray(_xla(x, w, pads), np.float64) - exact).max()
+    err_wino = np.abs(np.asarray(winograd.conv3x3(x, w, pads, (28, 28)), np.float64) - exact).max()
+    assert err_wino < 2 * err_xla, (err_wino, err_xla)
+    assert err_wino < 1e-5 * np.abs(exact).max()
+
+
+def test_rejects_other_kernels():
+    with pytest.raises(ValueError, match="3x3 ungrouped kernel"):
+        winograd.conv3x3(jnp.zeros((1, 8, 8, 4)), jnp.zeros((5, 5, 4, 4)), ((2, 2), (2, 2)), (8, 8))
+    with pytest.raises(ValueError, match="3x3 ungrouped kernel for 4 input channels"):
+        winograd.conv3x3(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 2, 4)), ((1, 1), (1, 1)), (8, 8))
+
+
+def test_policy_picks_winograd_where_it_pays():
+    choose = lambda x, w, out, stride=(1, 1), dtype=jnp.float32: nn.conv_policy(
+        x, w, stride, (1, 1), 1, out, dtype)
+    assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
+    assert choose((8, 14, 14, 32), (3, 3, 32, 64), (14, 14)) == "winograd"
+    assert choose((8, 56, 56, 256), (3, 3, 256, 256), (56, 56)) == "winograd"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"     # big map, few channels
+    assert choose((8, 28, 28, 16), (3, 3, 16, 32), (28, 28)) == "xla+stored"     # few channels
+    assert choose((8, 7, 7, 512), (3, 3, 512, 512), (7, 7)) == "xla+stored"      # 7x7 map
+    assert choose((8, 56, 56, 128), (3, 3, 128, 128), (28, 28), (2, 2)) == "xla+stored"
+    assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28), dtype=jnp.bfloat16) == "xla+stored"
+    assert choose((8, 28, 28, 128), (5, 5, 128, 128), (28, 28)) == "xla+stored"
+    with nn.conv_levers(winograd=()):
+        assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "xla+stored"
+    with nn.conv_levers(store_input=False):  # the stored input follows its lever
+        assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
+
+
+def test_resnet18_uses_winograd_on_its_middle_stages_and_the_benchmark_can_switch_it_off():
+    model = zoo.create("resnet18")
+    rows = bench.conv_choices(model, (8, 224, 224, 3))
+    wino = [path for path, impl, _, _ in rows if impl == "winograd"]
+    assert wino == ["layer2/0/conv2", "layer2/1/conv1", "layer2/1/conv2",
+                    "layer3/0/conv2", "layer3/1/conv1", "layer3/1/conv2"]
+    assert "no_winograd" in bench.lever_variants(model, "infer", (8, 224, 224, 3), "float32")
