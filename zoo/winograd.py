@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
+#: ``G``: the kernel transform of F(2x2, 3x3).
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
 def _input_rows(s):
     """``B^T`` applied along a list of 4 (rows or columns of a 4x4 tile)."""
     return [s[0] - s[2], s[1] + s[2], s[2] - s[1], s[1] - s[3]]
-
-
-#: ``G``: the kernel transform of F(2x2, 3x3).
-G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 def _output_rows(m):
@@ -40,7 +40,7 @@ def kernel_transform(w):
     """``G g G^T`` for an HWIO 3x3 kernel: (16, Cin, Cout), tile position ``4*a + b``.
 
     One (16, 9) x (9, Cin*Cout) product that reads the kernel once (as 16 elementwise
-    outputs XLA read it 16 times: 13 ms for a 3x3x512x512 kernel)."""
+    outputs XLA read it 16 times: 5.4 ms against 1.8 for a 3x3x512x512 kernel)."""
     taps = jnp.asarray(np.kron(G, G), w.dtype)
     u = jnp.dot(taps, w.reshape(9, -1), precision=jax.lax.Precision.HIGHEST)
     return u.reshape(16, *w.shape[2:])
