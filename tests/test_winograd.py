@@ -64,6 +64,8 @@ def test_policy_picks_winograd_where_it_pays():
     assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
     assert choose((8, 14, 14, 32), (3, 3, 32, 64), (14, 14)) == "winograd"
     assert choose((8, 56, 56, 256), (3, 3, 256, 256), (56, 56)) == "winograd"
+    assert choose((1, 96, 96, 256), (3, 3, 256, 256), (96, 96)) == "winograd"    # fully-conv VGG at 384
+    assert choose((1, 112, 112, 256), (3, 3, 256, 256), (112, 112)) == "xla+stored"
     assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"     # big map, few channels
     assert choose((8, 28, 28, 16), (3, 3, 16, 32), (28, 28)) == "xla+stored"     # few channels
     assert choose((8, 7, 7, 512), (3, 3, 512, 512), (7, 7)) == "xla+stored"      # 7x7 map

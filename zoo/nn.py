@@ -226,16 +226,16 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   channels)`` pair admits them. Its transforms move 4x the input and output through
 #:   memory for 2.25x fewer multiply-adds, so it pays with many channels: alone, batch 8,
 #:   0.45-0.53x XLA's time at 28x28x128 and 14x14x256, 0.69-0.79x at 14x14x32-64 and
-#:   28x28x64, 0.75x at 56x56x256, but 1.27x at 56x56x64, 1.05x at 56x56x128, 1.1x at
-#:   28x28x16 and 1.1-1.2x on 7x7 maps (a 7x7 map is 4x4 tiles of 8x8). ``()`` switches
-#:   it off.
+#:   28x28x64, 0.75x at 56x56x256 (0.77x at 96x96x256, batch 1), but 1.27x at 56x56x64,
+#:   1.05x at 56x56x128, 1.1x at 28x28x16 and 1.1-1.2x on 7x7 maps (a 7x7 map is 4x4
+#:   tiles of 8x8). ``()`` switches it off.
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
 CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, input_grad="conv",
                    weight_grad="xla",
                    mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
-                   store_input=True, winograd=((784, 32), (3136, 256)), winograd_min_map=100,
+                   store_input=True, winograd=((784, 32), (9216, 256)), winograd_min_map=100,
                    low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
 
