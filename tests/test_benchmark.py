@@ -51,7 +51,7 @@ def test_train_runner_steps_and_threads_state():
     assert np.isfinite(first) and np.isfinite(second) and first != second
 
 
-def test_auto_policy_matches_xla_values_and_gradients():
+def test_auto_policy_matches_xla_values_and_gradients(winograd_as_shipped):
     """Every lever of the 'auto' policy, on the shapes where it acts, equals XLA's conv."""
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1, "xla+mmgrad"),  # under weight_grad='matmul'
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col"),           # small map
@@ -77,7 +77,7 @@ def test_auto_policy_matches_xla_values_and_gradients():
         np.testing.assert_allclose(ga[1], gx[1], rtol=1e-4, atol=1e-4)
 
 
-def test_policy_choices_by_shape():
+def test_policy_choices_by_shape(winograd_as_shipped):
     choose = lambda x, w, out, stride=(1, 1): nn.conv_policy(x, w, stride, (1, 1), 1, out)
     assert choose((8, 4, 4, 256), (3, 3, 256, 256), (4, 4)) == "im2col"
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), (56, 56)) == "im2col"

@@ -7,6 +7,7 @@ torchvision model with ``weights=None``; run ``pytest -s`` to see the logit diff
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import safetensors.numpy
 
 import zoo
+from conftest import shipped_winograd
 from zoo import checkpoint as ckpt
 from zoo import pretrained as P
 
@@ -32,6 +34,9 @@ TORCHVISION_MODELS = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg1
 
 
 BIG = ("resnet101", "resnet152")
+#: One model per family runs its parity check with Winograd's convs on, as shipped (the
+#: tests run with the lever off: conftest.py).
+WINOGRAD_PARITY = ("alexnet", "vgg16", "googlenet", "resnet18", "resnet50")
 
 
 def _flat(tree):
@@ -243,7 +248,8 @@ def test_torchvision_parity(name, torch_modules, record_property):
         del from_st, from_pth
         variables = P.load_torchvision(name, pth if TORCHVISION_MODELS.index(name) % 2 else st)
     model = zoo.create(name)
-    with jax.default_matmul_precision("highest"):
+    levers = shipped_winograd() if name in WINOGRAD_PARITY else contextlib.nullcontext()
+    with jax.default_matmul_precision("highest"), levers:
         forward = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
         ours = forward(variables["params"], variables["state"],
                        jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))

@@ -58,7 +58,7 @@ def test_rejects_other_kernels():
         winograd.conv3x3(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 2, 4)), ((1, 1), (1, 1)), (8, 8))
 
 
-def test_policy_picks_winograd_where_it_pays():
+def test_policy_picks_winograd_where_it_pays(winograd_as_shipped):
     choose = lambda x, w, out, stride=(1, 1), dtype=jnp.float32: nn.conv_policy(
         x, w, stride, (1, 1), 1, out, dtype)
     assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
@@ -78,7 +78,7 @@ def test_policy_picks_winograd_where_it_pays():
         assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
 
 
-def test_resnet18_uses_winograd_on_its_middle_stages_and_the_benchmark_can_switch_it_off():
+def test_resnet18_uses_winograd_on_its_middle_stages_and_the_benchmark_can_switch_it_off(winograd_as_shipped):
     model = zoo.create("resnet18")
     rows = bench.conv_choices(model, (8, 224, 224, 3))
     wino = [path for path, impl, _, _ in rows if impl == "winograd"]

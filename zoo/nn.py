@@ -220,8 +220,9 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   one stored buffer (:func:`zoo.ops.stored`) instead of being recomputed from its
 #:   BatchNorm/ReLU/add producers inside XLA's transposing fusion (ResNet-18 train step at
 #:   224: 0.87-0.90x the time). Inference is unchanged (the custom VJP's primal is XLA's conv).
-#: - ``winograd``: float32, ungrouped 3x3 stride-1 convolutions run forward as Winograd's
-#:   F(2x2, 3x3) (:mod:`zoo.winograd`; gradients as ``'xla+stored'``) on output maps of at
+#: - ``winograd``: float32, ungrouped 3x3 stride-1 convolutions run their forward and input
+#:   gradient as Winograd's F(2x2, 3x3) (:mod:`zoo.winograd`; the weight gradient as in
+#:   ``'xla+stored'``) on output maps of at
 #:   least ``winograd_min_map`` pixels, where a ``(max map pixels, min input and output
 #:   channels)`` pair admits them. Its transforms move 4x the input and output through
 #:   memory for 2.25x fewer multiply-adds, so it pays with many channels: alone, batch 8,
@@ -288,8 +289,9 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw, dtype=jnp.fl
     - ``'taps'`` for one input channel: shifted multiply-adds forward, XLA's weight-gradient
       convolution (LeNet-5 train step: 1.3x);
     - ``'winograd'`` for float32 3x3 stride-1 convolutions with enough channels for their
-      map (the ``winograd`` lever): the forward as Winograd's F(2x2, 3x3)
-      (:mod:`zoo.winograd`, 2.25x fewer multiply-adds), XLA's gradients of the stored input;
+      map (the ``winograd`` lever): the forward and the input gradient as Winograd's
+      F(2x2, 3x3) (:mod:`zoo.winograd`, 2.25x fewer multiply-adds), XLA's weight gradient
+      of the stored input;
     - ``'xla+stored'`` otherwise (``store_input``): XLA's convolution and gradients, the
       input kept as a stored buffer for the weight gradient;
     - ``'xla'`` with ``store_input`` off, and for every conv on accelerators (cuDNN & co.
