@@ -58,6 +58,14 @@ def test_rejects_other_kernels():
         winograd.conv3x3(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 2, 4)), ((1, 1), (1, 1)), (8, 8))
 
 
+def test_forcing_winograd_on_another_conv_is_an_error():
+    x, w = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+    with pytest.raises(ValueError, match="'winograd' takes 3x3, stride-1.*stride \\(2, 2\\)"):
+        nn.conv2d(x, w, stride=2, padding=1, rounding="floor", impl="winograd")
+    y = nn.conv2d(x + 1, w + 1, padding=1, impl="winograd")
+    np.testing.assert_allclose(y, nn.conv2d(x + 1, w + 1, padding=1, impl="xla"), rtol=1e-5)
+
+
 def test_policy_picks_winograd_where_it_pays(winograd_as_shipped):
     choose = lambda x, w, out, stride=(1, 1), dtype=jnp.float32: nn.conv_policy(
         x, w, stride, (1, 1), 1, out, dtype)

@@ -318,9 +318,14 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw, dtype=jnp.fl
     return "xla+stored" if levers["store_input"] else "xla"
 
 
+def _winograd_shape(w_shape, stride, dilation, groups) -> bool:
+    """Whether F(2x2, 3x3) computes this convolution: 3x3, stride 1, undilated, ungrouped."""
+    return (tuple(w_shape[:2]) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
+            and groups == 1)
+
+
 def _winograd_fits(levers, x_shape, w_shape, stride, dilation, groups, out_hw, dtype) -> bool:
-    if not (tuple(w_shape[:2]) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
-            and groups == 1 and jnp.dtype(dtype) == jnp.float32):
+    if not (_winograd_shape(w_shape, stride, dilation, groups) and jnp.dtype(dtype) == jnp.float32):
         return False
     pixels, channels = out_hw[0] * out_hw[1], min(x_shape[3], w_shape[3])
     return pixels >= levers["winograd_min_map"] and any(
@@ -449,8 +454,8 @@ def _conv_input_grad(dy, w, geom, in_hw, by_winograd=False):
         lo = pads[axis][0]
         out = dy.shape[1 + axis]
         padding.append((k_eff - 1 - lo, in_hw[axis] - (out - 1) * stride[axis] - 1 + lo))
-    if (by_winograd and (kh, kw) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
-            and groups == 1 and padding[0][0] >= 0 and padding[1][0] >= 0):
+    if (by_winograd and _winograd_shape(w.shape, stride, dilation, groups)
+            and padding[0][0] >= 0 and padding[1][0] >= 0):
         return winograd.conv3x3(dy, w_t, padding, in_hw, precision, acc)
     return jax.lax.conv_general_dilated(
         dy, w_t, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
@@ -580,6 +585,10 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         raise ValueError(f"conv impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
     if impl == "taps" and groups != 1:
         raise ValueError(f"layer '{current_path()}': conv impl 'taps' takes ungrouped convs only")
+    if impl == "winograd" and not _winograd_shape(w.shape, stride, dilation, groups):
+        raise ValueError(f"layer '{current_path()}': conv impl 'winograd' takes 3x3, stride-1, "
+                         f"undilated, ungrouped convs only; got kernel {tuple(w.shape)}, "
+                         f"stride {stride}, dilation {dilation}, groups {groups}")
     choices = _CONV_CHOICES.get()
     if choices is not None:
         choices.append((current_path(), impl, tuple(x.shape), tuple(w.shape)))
