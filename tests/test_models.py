@@ -50,7 +50,9 @@ _JIT_APPLY = {}
 
 def jitted_apply(model):
     """One compiled apply per model: eager mode compiles every op for every new shape,
-    which on deep nets costs far more than compiling the whole graph once."""
+    which on deep nets costs far more than compiling the whole graph once. The tests feed
+    it ``small_shape(name)`` (and one example), so each model compiles one eval and one
+    train program."""
     if model.name not in _JIT_APPLY:
         _JIT_APPLY[model.name] = zoo.jit(model.apply, static_argnames=("train",))
     return _JIT_APPLY[model.name]
@@ -148,7 +150,7 @@ def test_any_num_classes(name):
 @pytest.mark.parametrize("name", per_model(REPRESENTATIVE))
 def test_train_mode_updates_bn_state_and_eval_leaves_it(name, small_variables):
     model, variables = small_variables(name)
-    x = jax.random.normal(jax.random.key(3), small_shape(name, batch=4))
+    x = jax.random.normal(jax.random.key(3), small_shape(name))
     params, state = variables["params"], variables["state"]
     apply = jitted_apply(model)
     _, eval_state = apply(params, state, x, train=False)
@@ -169,7 +171,7 @@ def _has_dropout(layer):
 def test_dropout_depends_on_rng_and_is_off_in_eval(name, small_variables):
     model, variables = small_variables(name)
     params, state = variables["params"], variables["state"]
-    x = jax.random.normal(jax.random.key(5), small_shape(name, batch=4))
+    x = jax.random.normal(jax.random.key(5), small_shape(name))
     apply = jitted_apply(model)
     a, _ = apply(params, state, x, train=True, rng=jax.random.key(1))
     b, _ = apply(params, state, x, train=True, rng=jax.random.key(2))

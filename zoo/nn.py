@@ -623,23 +623,34 @@ def _normal_block(key, size):
     return jax.random.normal(key, (size,), jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _shaped(flat, shape, scale):
-    return flat[:math.prod(shape)].reshape(shape) * scale
+def _draw_length(n: int) -> int:
+    """How many values to draw for ``n`` (at most 2**20): 2**8, 2**11, ..., 2**20, five
+    compiled programs. Threefry's draws are prefix-consistent, so the first ``n`` values do
+    not depend on it."""
+    bits = max(n - 1, 0).bit_length()
+    return 1 << min(20, 8 + 3 * max(0, -(-(bits - 8) // 3)))
 
 
 def scaled_normal(key, shape, scale: float, dtype=jnp.float32):
-    """``scale * N(0, 1)`` of ``shape``, drawn as power-of-two blocks of at most 2**20 values
-    (``fold_in(key, i)`` for block i), so that every layer of every model shares a handful
-    of compiled random programs: drawing each kernel shape directly compiled one program
-    per shape (119 for GoogLeNet: 28 of its 35 s of eager init)."""
+    """``scale * N(0, 1)`` of ``shape``: one draw from ``key`` of up to 2**20 values, or
+    2**20-value blocks from ``fold_in(key, i)`` for block i. The cut, reshape and scale run
+    in NumPy (the same float32 product): a JAX program per kernel shape compiled once per
+    shape (GoogLeNet: 119 programs, 28 of its 35 s of eager init; 58 for the cut alone)."""
     n = math.prod(shape)
     if n <= _NORMAL_BLOCK:
-        flat = _normal_block(key, max(256, 1 << max(n - 1, 0).bit_length()))
+        blocks = [_normal_block(key, _draw_length(n))]
     else:
-        flat = jnp.concatenate([_normal_block(jax.random.fold_in(key, i), _NORMAL_BLOCK)
-                                for i in range(-(-n // _NORMAL_BLOCK))])
-    return _shaped(flat, tuple(shape), float(scale)).astype(dtype)
+        blocks = [_normal_block(jax.random.fold_in(key, i), _NORMAL_BLOCK)
+                  for i in range(-(-n // _NORMAL_BLOCK))]
+    if isinstance(blocks[0], jax.core.Tracer):  # a traced init (jax.eval_shape, jit)
+        return (jnp.concatenate(blocks)[:n].reshape(shape) * scale).astype(dtype)
+    drawn = np.concatenate([np.asarray(b) for b in blocks])[:n]
+    return jnp.asarray(drawn.reshape(shape) * np.float32(scale), dtype)
+
+
+def filled(shape, value: float, dtype=jnp.float32):
+    """A constant array made on the host: an eager ``jnp.zeros`` compiles one program per shape."""
+    return jax.device_put(np.full(shape, value, jnp.dtype(dtype)))
 
 
 def he_normal(key, shape, fan_in, dtype=jnp.float32):
@@ -682,7 +693,7 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
             fan_in = kh * kw * int(table.sum(0).max())
         params = {"kernel": he_normal(name_key(key, "kernel"), kernel_shape, fan_in)}
         if bias:
-            params["bias"] = jnp.zeros((features,), jnp.float32)
+            params["bias"] = filled((features,), 0.0)
         out_shape = (in_shape[0], ho, wo, features)
         _record("conv", out_shape, params=kh * kw * connections + (features if bias else 0),
                 macs=ho * wo * kh * kw * connections, activations=_volume(out_shape),
@@ -708,7 +719,7 @@ def Dense(features: int, *, bias=True) -> Layer:
         params = {"kernel": scaled_normal(name_key(key, "kernel"), (fan_in, features),
                                           math.sqrt(1.0 / fan_in))}
         if bias:
-            params["bias"] = jnp.zeros((features,), jnp.float32)
+            params["bias"] = filled((features,), 0.0)
         out_shape = (*in_shape[:-1], features)
         _record("dense", out_shape, params=fan_in * features + (features if bias else 0),
                 macs=fan_in * features, activations=_volume(out_shape))
@@ -864,8 +875,8 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
     def init(key, in_shape):
         c = in_shape[-1]
         _record("batchnorm", in_shape, params=2 * c)
-        params = {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
-        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        params = {"scale": filled((c,), 1.0), "bias": filled((c,), 0.0)}
+        state = {"mean": filled((c,), 0.0), "var": filled((c,), 1.0)}
         return in_shape, params, state
 
     def apply(params, state, x, *, train=False, rng=None):
