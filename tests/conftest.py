@@ -24,9 +24,10 @@ SHIPPED_WINOGRAD = _nn.CONV_LEVERS["winograd"]
 _nn.CONV_LEVERS["winograd"] = ()
 
 
-def shipped_winograd():
-    """The conv levers as shipped (Winograd on), for the traces made inside the block."""
-    return _nn.conv_levers(winograd=SHIPPED_WINOGRAD)
+def shipped_winograd(**levers):
+    """The conv levers as shipped (Winograd on), for the traces made inside the block, and
+    any other ``levers`` given."""
+    return _nn.conv_levers(winograd=SHIPPED_WINOGRAD, **levers)
 
 
 @pytest.fixture

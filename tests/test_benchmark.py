@@ -57,8 +57,8 @@ def test_auto_policy_matches_xla_values_and_gradients(winograd_as_shipped):
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col"),           # small map
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0, "im2col"),          # pointwise, strided
              ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0, "taps"),           # single channel
-             ((2, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd"),    # odd map: cropped tiles
-             ((2, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd"),    # unpadded
+             ((4, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd"),    # odd map: cropped tiles
+             ((6, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd"),    # unpadded
              ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored")]    # the rest
     for shape, wshape, stride, pad, impl in cases:
         x = normal(0, shape)

@@ -77,6 +77,9 @@ def test_policy_picks_winograd_where_it_pays(winograd_as_shipped):
     assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"     # big map, few channels
     assert choose((8, 28, 28, 16), (3, 3, 16, 32), (28, 28)) == "xla+stored"     # few channels
     assert choose((8, 7, 7, 512), (3, 3, 512, 512), (7, 7)) == "xla+stored"      # 7x7 map
+    assert choose((1, 14, 14, 512), (3, 3, 512, 512), (14, 14)) == "xla+stored"  # 49 tiles
+    assert choose((2, 14, 14, 256), (3, 3, 256, 256), (14, 14)) == "xla+stored"  # 98 tiles
+    assert choose((1, 24, 24, 512), (3, 3, 512, 512), (24, 24)) == "winograd"    # 144 tiles
     assert choose((8, 56, 56, 128), (3, 3, 128, 128), (28, 28), (2, 2)) == "xla+stored"
     assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28), dtype=jnp.bfloat16) == "xla+stored"
     assert choose((8, 28, 28, 128), (5, 5, 128, 128), (28, 28)) == "xla+stored"

@@ -229,7 +229,13 @@ _IN_SCAN: contextvars.ContextVar[bool] = contextvars.ContextVar("zoo_in_scan", d
 #:   0.45-0.53x XLA's time at 28x28x128 and 14x14x256, 0.69-0.79x at 14x14x32-64 and
 #:   28x28x64, 0.75x at 56x56x256 (0.77x at 96x96x256, batch 1), but 1.27x at 56x56x64,
 #:   1.05x at 56x56x128, 1.1x at 28x28x16 and 1.1-1.2x on 7x7 maps (a 7x7 map is 4x4
-#:   tiles of 8x8). ``()`` switches it off.
+#:   tiles of 8x8). ``()`` switches it off. Its 16 matrix products have one row per tile
+#:   of the batch, ``N * ceil(Ho/2) * ceil(Wo/2)``, and below ``winograd_min_tiles`` rows
+#:   they are too short: VGG16 on one 224 image takes 0.91x the time with its 14x14x512
+#:   layers (49 rows) on XLA, and 14x14x256 alone takes 1.23x XLA's time at batch 2 (98
+#:   rows), 0.80x at batch 4 and 0.71x at batch 8. At 144 rows (24x24x512, batch 1) it is
+#:   slower alone (1.26x) yet faster in the model: the fully-convolutional VGG16 at 384
+#:   takes 1.03-1.05x the time with those layers on XLA.
 #: - ``low_precision``: for bfloat16/float16 inputs, ``'f32acc'`` accumulates in float32
 #:   (``preferred_element_type``) and rounds the output once; ``'native'`` leaves it to XLA.
 #: - ``cpu_only``: apply the levers on the CPU only; accelerators get XLA's convolution.
@@ -237,6 +243,7 @@ CONV_LEVERS = dict(small_map=16, pointwise=True, single_channel=True, input_grad
                    weight_grad="xla",
                    mmgrad_min_k=256, mmgrad_min_map=144, chunk_bytes=16 << 20,
                    store_input=True, winograd=((784, 32), (9216, 256)), winograd_min_map=100,
+                   winograd_min_tiles=128,
                    low_precision="f32acc", cpu_only=True)
 _CONV_LEVERS: contextvars.ContextVar = contextvars.ContextVar("zoo_conv_levers", default=None)
 
@@ -289,7 +296,8 @@ def conv_policy(x_shape, w_shape, stride, dilation, groups, out_hw, dtype=jnp.fl
     - ``'taps'`` for one input channel: shifted multiply-adds forward, XLA's weight-gradient
       convolution (LeNet-5 train step: 1.3x);
     - ``'winograd'`` for float32 3x3 stride-1 convolutions with enough channels for their
-      map (the ``winograd`` lever): the forward and the input gradient as Winograd's
+      map and enough 2x2 tiles in the batch (the ``winograd`` levers): the forward and the
+      input gradient as Winograd's
       F(2x2, 3x3) (:mod:`zoo.winograd`, 2.25x fewer multiply-adds), XLA's weight gradient
       of the stored input;
     - ``'xla+stored'`` otherwise (``store_input``): XLA's convolution and gradients, the
@@ -328,7 +336,8 @@ def _winograd_fits(levers, x_shape, w_shape, stride, dilation, groups, out_hw, d
     if not (_winograd_shape(w_shape, stride, dilation, groups) and jnp.dtype(dtype) == jnp.float32):
         return False
     pixels, channels = out_hw[0] * out_hw[1], min(x_shape[3], w_shape[3])
-    return pixels >= levers["winograd_min_map"] and any(
+    tiles = x_shape[0] * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)  # rows of its 16 products
+    return pixels >= levers["winograd_min_map"] and tiles >= levers["winograd_min_tiles"] and any(
         pixels <= max_map and channels >= min_channels
         for max_map, min_channels in levers["winograd"])
 
