@@ -17,7 +17,7 @@ def normal(seed: int, shape) -> "jax.Array":
 # Winograd's layers cost about 1 s of XLA compile each (docs/benchmarks.md) and the suite
 # compiles whole models dozens of times, so the tests run with the lever off; the shipped
 # setting is on in the tests of the conv policy and of Winograd itself, and in the
-# torchvision parity of one model per family (``shipped_winograd``).
+# torchvision parity of the models in test_pretrained.WINOGRAD_PARITY (``shipped_winograd``).
 from zoo import nn as _nn  # noqa: E402
 
 SHIPPED_WINOGRAD = _nn.CONV_LEVERS["winograd"]

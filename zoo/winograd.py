@@ -46,6 +46,11 @@ def kernel_transform(w):
     return u.reshape(16, *w.shape[2:])
 
 
+def tile_grid(out_hw):
+    """How many 2x2 output tiles cover an ``out_hw`` map: (ceil(Ho/2), ceil(Wo/2))."""
+    return -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+
+
 def input_transform(x, pads, tiles):
     """``B^T d B`` for every 4x4 input tile (stride 2): 16 arrays (N, th, tw, C)."""
     (th, tw), (top, _), (left, _) = tiles, *pads
@@ -75,7 +80,7 @@ def conv3x3(x, w, pads, out_hw, precision=None, preferred_element_type=None):
                          f"input channels, got {tuple(w.shape)}")
     if pads[0][0] < 0 or pads[1][0] < 0:
         raise ValueError(f"Winograd F(2x2, 3x3) takes non-negative top and left padding, got {pads}")
-    tiles = (-(-out_hw[0] // 2), -(-out_hw[1] // 2))
+    tiles = tile_grid(out_hw)
     u = kernel_transform(w)
     cin = x.shape[3]
     products = [jnp.dot(v.reshape(-1, cin), u[t], precision=precision,
