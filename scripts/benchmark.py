@@ -124,7 +124,8 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     from zoo import bench
 
     name = target_name(t)
-    model = zoo.create(t["model"], **({"num_classes": t["classes"]} if t["classes"] else {}))
+    model = zoo.create(t["model"], conv_policy=zoo.ConvPolicy(impl=args.conv_impl),
+                       **({"num_classes": t["classes"]} if t["classes"] else {}))
     c = model.config["input_shape"][-1]
     ncls = model.config["num_classes"]
     shape = (t["batch"], t["size"], t["size"], c)
@@ -132,7 +133,7 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     flops = 2 * macs * t["batch"] * (3 if t["mode"] == "train" else 1)
     peak = peaks.get(t["dtype"])
     result = dict(target=name, **t, macs_per_image=macs, flops_per_call=flops, runners={})
-    choices = bench.conv_choices(model, shape, impl=args.conv_impl, dtype=t["dtype"])
+    choices = bench.conv_choices(model, shape, dtype=t["dtype"])
     result["conv_choices"] = {}
     for _, impl, _, _ in choices:
         result["conv_choices"][impl] = result["conv_choices"].get(impl, 0) + 1
@@ -141,11 +142,11 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     kw = dict(optimizer=t["opt"])
     log(f"\n== {name}: {2 * macs / 1e9:.3f} GFLOP/image forward; convs {result['conv_choices']}")
     runners.append(bench.jax_runner(model, t["mode"], t["batch"], t["size"], t["dtype"],
-                                    impl=args.conv_impl, name="jax", **kw))
+                                    name="jax", **kw))
     if args.levers:
-        for vname, (impl, levers) in bench.lever_variants(model, t["mode"], shape, t["dtype"]).items():
-            runners.append(bench.jax_runner(model, t["mode"], t["batch"], t["size"], t["dtype"],
-                                            impl=impl, levers=levers, name=vname, **kw))
+        for vname, variant in bench.lever_variants(model, t["mode"], shape, t["dtype"]).items():
+            runners.append(bench.jax_runner(variant, t["mode"], t["batch"], t["size"], t["dtype"],
+                                            name=vname, **kw))
     if args.per_example and t["mode"] == "infer" and t["batch"] > 1:
         runners.append(bench.jax_runner(model, "infer", t["batch"], t["size"], t["dtype"],
                                         per_example=True, name="per_example", **kw))
@@ -250,12 +251,12 @@ def run_fully_conv(args, log) -> dict:
 
 def run_compile_report(models, log, scan_steps: int = 0, rounds: int = 1) -> dict:
     """Train-step compile time (224, batch 32) of each model as built (long ResNet stages as a
-    ``lax.scan``) and unrolled (``nn.scan_repeats(0)``), ``rounds`` times with the models
+    ``lax.scan``) and unrolled (``scan_min_run=0``), ``rounds`` times with the models
     alternating: per model the medians, and the ResNet-152/50 ratios as medians of the
     rounds' ratios. With ``scan_steps``, also the step time of both programs, interleaved,
     for the models where they differ."""
     import zoo
-    from zoo import bench, nn
+    from zoo import bench
     log("\n== compile time of the train step, 224x224, batch 32 (trace+lower, compile)")
     labels = (("built", None), ("unrolled", 0))
     runs = {name: {label: [] for label, _ in labels} for name in models}
@@ -263,8 +264,9 @@ def run_compile_report(models, log, scan_steps: int = 0, rounds: int = 1) -> dic
         for name in models:
             model = zoo.create(name)
             for label, min_run in labels:
-                with nn.scan_repeats(min_run):
-                    lower_s, compile_s = bench.compile_seconds(model, "train", 32, 224)
+                built = model if min_run is None else model.with_policy(
+                    model.policy.replace(scan_min_run=min_run))
+                lower_s, compile_s = bench.compile_seconds(built, "train", 32, 224)
                 runs[name][label].append(dict(lower_s=lower_s, compile_s=compile_s,
                                               total_s=lower_s + compile_s))
                 log(f"   {name:10s} {label:8s} lower {lower_s:6.1f} s  compile {compile_s:6.1f} s"
@@ -295,11 +297,12 @@ def run_compile_report(models, log, scan_steps: int = 0, rounds: int = 1) -> dic
 
 def scan_step_times(model, rounds: int, log) -> dict:
     """The train step (224, batch 32) with its long runs scanned and unrolled, interleaved."""
-    from zoo import bench, nn
+    from zoo import bench
     runners = []
     for label, min_run in (("scanned", None), ("unrolled", 0)):
-        with nn.scan_repeats(min_run):
-            runners.append(bench.jax_runner(model, "train", 32, 224, name=label))
+        built = model if min_run is None else model.with_policy(
+            model.policy.replace(scan_min_run=min_run))
+        runners.append(bench.jax_runner(built, "train", 32, 224, name=label))
     timing = bench.interleaved(runners, rounds=rounds, min_rep_s=0, warmup=1)
     out = {r.name: bench.stats(timing["times"][r.name], r.batch) for r in runners}
     ratio = out["scanned"]["seconds_median"] / out["unrolled"]["seconds_median"]

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from conftest import normal
-from zoo import bench, nn
+from zoo import bench, kernels
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -51,63 +50,20 @@ def test_train_runner_steps_and_threads_state():
     assert np.isfinite(first) and np.isfinite(second) and first != second
 
 
-def test_auto_policy_matches_xla_values_and_gradients(winograd_as_shipped):
-    """Every lever of the 'auto' policy, on the shapes where it acts, equals XLA's conv."""
-    cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1, "xla+mmgrad"),  # under weight_grad='matmul'
-             ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col"),           # small map
-             ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0, "im2col"),          # pointwise, strided
-             ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0, "taps"),           # single channel
-             ((4, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd"),    # odd map: cropped tiles
-             ((6, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd"),    # unpadded
-             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored")]    # the rest
-    for shape, wshape, stride, pad, impl in cases:
-        x = normal(0, shape)
-        w = normal(1, wshape)
-        run = lambda impl: (lambda x, w: nn.conv2d(x, w, stride=stride, padding=pad, rounding="floor",
-                                                     impl=impl))
-        probe = normal(2, run("xla")(x, w).shape)
-        with nn.conv_levers(weight_grad="matmul", chunk_bytes=1), \
-                nn.recording_conv_choices() as chosen:  # chunked (scanned) weight grad
-            ya, ga = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run("auto")(x, w) * probe),
-                                                argnums=(0, 1)))(x, w)
-        assert [c[1] for c in chosen] == [impl]
-        yx, gx = jax.value_and_grad(lambda x, w: jnp.sum(run("xla")(x, w) * probe), argnums=(0, 1))(x, w)
-        np.testing.assert_allclose(ya, yx, rtol=1e-4)
-        np.testing.assert_allclose(ga[0], gx[0], rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(ga[1], gx[1], rtol=1e-4, atol=1e-4)
-
-
-def test_policy_choices_by_shape(winograd_as_shipped):
-    choose = lambda x, w, out, stride=(1, 1): nn.conv_policy(x, w, stride, (1, 1), 1, out)
-    assert choose((8, 4, 4, 256), (3, 3, 256, 256), (4, 4)) == "im2col"
-    assert choose((8, 56, 56, 64), (1, 1, 64, 256), (56, 56)) == "im2col"
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"
-    with nn.conv_levers(store_input=False):
-        assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla"
-    with nn.conv_levers(weight_grad="matmul"):
-        assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+mmgrad"
-        assert choose((8, 14, 14, 6), (5, 5, 6, 16), (10, 10)) == "xla+stored"
-        assert choose((8, 8, 8, 64), (3, 3, 64, 64), (8, 8)) == "xla+stored"
-    rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
-    assert [r[1] for r in rows] == ["taps", "xla+stored"]
-    with nn.conv_levers(single_channel=False, store_input=False):
-        rows = bench.conv_choices(zoo.create("lenet5"), (1, 32, 32, 1))
-    assert [r[1] for r in rows] == ["xla", "xla"]
-
-
 def test_bfloat16_conv_accumulates_in_float32():
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
     w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
-    ref = nn.conv2d(x, w, padding=1, impl="xla")
+    ref = kernels.conv2d(x, w, padding=1, impl="xla")
     for impl in ("xla", "im2col", "auto"):
-        y = nn.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), padding=1, impl=impl)
+        y = kernels.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), padding=1, impl=impl)
         assert y.dtype == jnp.bfloat16
         err = float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
         assert err < 2e-2, (impl, err)
 
 
 def test_has_scanned_runs_tells_which_programs_hold_a_scan():
-    assert bench.has_scanned_runs(zoo.create("resnet152", num_classes=10), (1, 32, 32, 3))
+    resnet152 = zoo.create("resnet152", num_classes=10)
+    assert bench.has_scanned_runs(resnet152, (1, 32, 32, 3))
     assert not bench.has_scanned_runs(zoo.create("resnet50", num_classes=10), (1, 32, 32, 3))
-    with nn.scan_repeats(0):
-        assert not bench.has_scanned_runs(zoo.create("resnet152", num_classes=10), (1, 32, 32, 3))
+    unrolled = resnet152.with_policy(resnet152.policy.replace(scan_min_run=0))
+    assert not bench.has_scanned_runs(unrolled, (1, 32, 32, 3))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import normal
-from zoo import nn
+from zoo import kernels, nn
+from zoo.kernels import ConvPolicy, conv as kconv
 
 CONV_CASES = [  # (input NHWC, kernel, stride, padding, dilation, groups, rounding)
     ((2, 9, 9, 4), 3, 1, 1, 1, 1, "exact"),
@@ -21,13 +22,13 @@ CONV_CASES = [  # (input NHWC, kernel, stride, padding, dilation, groups, roundi
 
 @pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding", CONV_CASES)
 def test_im2col_equals_xla_values_and_gradients(shape, kernel, stride, padding, dilation, groups, rounding):
-    kh, kw = nn._pair(kernel)
+    kh, kw = kernels.pair(kernel)
     cout = 8
     x = normal(0, shape)
     w = normal(1, (kh, kw, shape[3] // groups, cout))
 
     def run(impl, x, w):
-        return nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        return kernels.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                          rounding=rounding, impl=impl)
 
     y_xla = jax.jit(run, static_argnums=0)("xla", x, w)
@@ -42,17 +43,22 @@ def test_im2col_equals_xla_values_and_gradients(shape, kernel, stride, padding, 
     np.testing.assert_allclose(gw_col, gw_xla, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_impl_context_selects_implementation():
+def test_policy_impl_selects_implementation():
     x = jnp.ones((1, 8, 8, 2))
     w = jnp.ones((3, 3, 2, 4))
-    with nn.conv_impl("im2col"):
-        a = jax.jit(lambda x, w: nn.conv2d(x, w, padding=1))(x, w)
-    with nn.conv_impl("xla"):
-        b = nn.conv2d(x, w, padding=1)
+    im2col = ConvPolicy(impl="im2col")
+    assert kernels.choose(jax.ShapeDtypeStruct((1, 8, 8, 2), jnp.float32), w, padding=1,
+                          policy=im2col) == "xla"  # not traced: an eager call is XLA's
+    traced = jax.make_jaxpr(lambda x, w: kernels.conv2d(x, w, padding=1, policy=im2col))(x, w)
+    assert "conv_general_dilated" not in str(traced) and "dot_general" in str(traced)
+    a = jax.jit(lambda x, w: kernels.conv2d(x, w, padding=1, policy=im2col))(x, w)
+    b = kernels.conv2d(x, w, padding=1, policy=ConvPolicy.xla())
     np.testing.assert_allclose(a, b, rtol=1e-6)
     assert float(a[0, 0, 0, 0]) == 8.0 and float(a[0, 3, 3, 0]) == 18.0
     with pytest.raises(ValueError, match="impl"):
-        nn.conv2d(x, w, impl="fft")
+        kernels.conv2d(x, w, impl="fft")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ConvPolicy(impl="fft")
 
 
 def test_output_size_formula_and_rules():
@@ -159,7 +165,7 @@ def test_masked_conv_counts_only_connections():
     # output map 1 sees only input map 1; connections are stored in (in, out) row-major order
     slot = list(np.flatnonzero(table.reshape(-1))).index(1 * 4 + 1)
     full = jnp.zeros((3, 3, 3, 4)).at[:, :, 1, 1].set(params["kernel"][:, :, slot])
-    np.testing.assert_allclose(y[..., 1], nn.conv2d(x, full)[..., 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[..., 1], kernels.conv2d(x, full)[..., 1], rtol=1e-5, atol=1e-6)
 
 
 def test_names_and_structure():
@@ -246,11 +252,11 @@ def test_taps_equals_xla_values_and_gradients(shape, kernel, stride, padding, di
                                               rounding):
     """'taps' (shifted multiply-adds; the policy's choice for one input channel) on any
     geometry, with the single input channel it is chosen for (two channels: the same code)."""
-    kh, kw = nn._pair(kernel)
+    kh, kw = kernels.pair(kernel)
     shape = (*shape[:3], 1 if kh * kw > 9 else 2)
     x = normal(0, shape)
     w = normal(1, (kh, kw, shape[3], 5))
-    run = lambda impl: lambda x, w: nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
+    run = lambda impl: lambda x, w: kernels.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
                                               rounding=rounding, impl=impl)
     probe = normal(2, run("xla")(x, w).shape)
     results = {impl: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(run(impl)(x, w) * probe),
@@ -259,23 +265,24 @@ def test_taps_equals_xla_values_and_gradients(shape, kernel, stride, padding, di
     for got, want in zip(jax.tree.leaves(results["taps"]), jax.tree.leaves(results["xla"])):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="ungrouped"):
-        nn.conv2d(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4)), groups=2, impl="taps")
+        kernels.conv2d(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4)), groups=2, impl="taps")
 
 
 @pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,rounding", CONV_CASES)
 def test_explicit_input_gradient_equals_autodiff(shape, kernel, stride, padding, dilation, groups,
                                                  rounding):
     """The input gradient written as a forward conv (used by the matmul-weight-gradient path)."""
-    kh, kw = nn._pair(kernel)
-    stride, padding, dilation = map(nn._pair, (stride, padding, dilation))
+    kh, kw = kernels.pair(kernel)
+    stride, padding, dilation = map(kernels.pair, (stride, padding, dilation))
     x = normal(0, shape)
     w = normal(1, (kh, kw, shape[3] // groups, 6 * groups))
-    out_hw = nn._spatial_out(x.shape, (kh, kw), stride, padding, dilation, rounding, "conv")
-    pads = tuple(map(tuple, nn._padding_pairs(x.shape, w.shape, stride, padding, dilation, out_hw)))
-    geom = (stride, pads, dilation, groups, jax.lax.Precision.HIGHEST, None)
-    y, vjp = jax.vjp(lambda a: nn._xla_conv(a, w, geom), x)
+    out_hw = kernels.spatial_out(x.shape, (kh, kw), stride, padding, dilation, rounding)
+    pads = tuple(map(tuple, kernels.padding_pairs(x.shape, w.shape, stride, padding, dilation,
+                                                  out_hw)))
+    geom = kconv.Geom(stride, pads, dilation, groups, jax.lax.Precision.HIGHEST, None)
+    y, vjp = jax.vjp(lambda a: kconv.xla_conv(a, w, geom), x)
     dy = normal(2, y.shape)
-    got = nn._conv_input_grad(dy, w, geom, x.shape[1:3])
+    got = kconv.input_grad(dy, w, geom, x.shape[1:3])
     assert got.shape == x.shape
     np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-5)
 
@@ -287,29 +294,32 @@ def _stack_of_blocks(n, scan, width=8):
                             ("conv2", nn.Conv(width, 3, padding=1))], activation="relu")
     blocks = [(str(i), block()) for i in range(n)]
     return nn.Sequential([("stem", nn.Conv(width, 3, padding=1)), *blocks,
-                          ("pool", nn.GlobalAvgPool())], scan_repeats=scan)
+                          ("pool", nn.GlobalAvgPool())], scan=scan)
 
 
 def _top_level_primitives(fn, *args):
     return [eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns]
 
 
-def test_scan_repeats_equals_unrolled_values_gradients_and_state():
-    net = _stack_of_blocks(3, scan=3)
+def test_scanned_run_equals_unrolled_values_gradients_and_state():
+    net = _stack_of_blocks(3, scan=True)
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
     _, params, state = net.init(jax.random.key(0), x.shape)
     rng = jax.random.key(7)
+    scan3, never = ConvPolicy(scan_min_run=3), ConvPolicy(scan_min_run=0)
 
-    def loss(p, s, x):
-        y, new_s = net.apply(p, s, x, train=True, rng=rng)
-        return jnp.sum(y ** 2), new_s
+    def grad(policy):
+        def loss(p, s, x):
+            y, new_s = net.apply(p, s, x, train=True, rng=rng, policy=policy)
+            return jnp.sum(y ** 2), new_s
+        return jax.value_and_grad(loss, has_aux=True)
 
-    grad = lambda: jax.value_and_grad(loss, has_aux=True)  # jit caches traces by function
-    with nn.recording_conv_choices() as choices:
-        scanned = jax.jit(grad())(params, state, x)
-    with nn.scan_repeats(0):
-        unrolled = jax.jit(grad())(params, state, x)
-        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+    with nn.recording() as rec:
+        scanned = jax.jit(grad(scan3))(params, state, x)
+    unrolled = jax.jit(grad(never))(params, state, x)
+    assert "scan" not in _top_level_primitives(
+        lambda p, s, x: net.apply(p, s, x, policy=never), params, state, x)
+    choices = rec.convs
     (l1, s1), g1 = scanned
     (l2, s2), g2 = unrolled
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
@@ -323,26 +333,31 @@ def test_scan_repeats_equals_unrolled_values_gradients_and_state():
     assert len({float(m[0]) for m in means}) == 3
     # the three identical blocks are one loop whose convs keep the forward
     # conv and take both gradients as plain convs and matmuls
-    assert "scan" in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+    assert "scan" in _top_level_primitives(lambda p, s, x: net.apply(p, s, x, policy=scan3),
+                                           params, state, x)
     in_loop = [impl for path, impl, *_ in choices if ".." in path]
     assert in_loop == ["xla+mmgrad", "xla+mmgrad"], choices
 
 
-def test_scan_repeats_leaves_short_and_unlike_runs_unrolled():
+def test_scan_leaves_short_unmarked_and_unlike_runs_unrolled():
     x = jnp.ones((2, 8, 8, 3))
-    for net in (_stack_of_blocks(2, scan=3), _stack_of_blocks(4, scan=0)):
+    policy = ConvPolicy(scan_min_run=3)
+    for net in (_stack_of_blocks(2, scan=True), _stack_of_blocks(4, scan=False)):
         _, params, state = net.init(jax.random.key(0), x.shape)
-        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+        assert "scan" not in _top_level_primitives(
+            lambda p, s, x: net.apply(p, s, x, policy=policy), params, state, x)
     # same kind and config but other kernel shapes (4 -> 5, 5 -> 5 channels): not identical;
     # identical pools that halve the map: not shape-preserving. No loop for either.
     for net, shape, out in [
             (nn.Sequential([("a", nn.Conv(5, 3, padding=1)), ("b", nn.Conv(5, 3, padding=1))],
-                           scan_repeats=2), (2, 8, 8, 4), (2, 8, 8, 5)),
-            (nn.Sequential([("a", nn.MaxPool(2)), ("b", nn.MaxPool(2))], scan_repeats=2),
+                           scan=True), (2, 8, 8, 4), (2, 8, 8, 5)),
+            (nn.Sequential([("a", nn.MaxPool(2)), ("b", nn.MaxPool(2))], scan=True),
              (2, 8, 8, 4), (2, 2, 2, 4))]:
         _, params, state = net.init(jax.random.key(0), shape)
         x = jnp.ones(shape)
-        assert "scan" not in _top_level_primitives(lambda p, s, x: net.apply(p, s, x), params, state, x)
+        two = ConvPolicy(scan_min_run=2)
+        assert "scan" not in _top_level_primitives(
+            lambda p, s, x: net.apply(p, s, x, policy=two), params, state, x)
         assert net.apply(params, state, x)[0].shape == out
 
 

@@ -1,10 +1,10 @@
-"""zoo.ops: the XLA:CPU fast paths equal the plain JAX expressions, values and gradients."""
+"""zoo.kernels.pool_bn: the XLA:CPU fast paths equal the plain JAX expressions, values and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo import ops
+from zoo.kernels import pool_bn as ops
 
 POOLS = [  # input NHWC, window, strides, pads ((top, bottom), (left, right))
     ((2, 12, 12, 3), (3, 3), (2, 2), ((1, 0), (1, 0))),   # ResNet's stem pool, floor rule

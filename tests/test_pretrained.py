@@ -7,7 +7,6 @@ torchvision model with ``weights=None``; run ``pytest -s`` to see the logit diff
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 import safetensors.numpy
 
 import zoo
-from conftest import shipped_winograd
 from zoo import checkpoint as ckpt
 from zoo import pretrained as P
 
@@ -34,10 +32,12 @@ TORCHVISION_MODELS = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg1
 
 
 BIG = ("resnet101", "resnet152")
-#: These run their parity check with Winograd's convs on, as shipped (the tests run with the
-#: lever off: conftest.py): its map-size tiers and both ResNet blocks. GoogLeNet's 3x3s are
-#: the same 14x14 and 28x28 convs, and its 15 Winograd layers would add about 10 s of compile.
+#: These run their parity check with Winograd's convs, as shipped but on every layer of its
+#: shapes (the tile floor off: 1-2 images have fewer tiles than the benchmark's 8): its
+#: map-size tiers and both ResNet blocks. The others turn Winograd off, for compile time
+#: (about 1 s per layer); GoogLeNet's 3x3s are the same 14x14 and 28x28 convs.
 WINOGRAD_PARITY = ("alexnet", "vgg16", "resnet18", "resnet50")
+PARITY_POLICY = {True: zoo.ConvPolicy(winograd_min_tiles=0), False: zoo.ConvPolicy(winograd=())}
 
 
 def _flat(tree):
@@ -248,12 +248,8 @@ def test_torchvision_parity(name, torch_modules, record_property):
         assert all(np.array_equal(from_st[k], from_pth[k]) for k in from_st)
         del from_st, from_pth
         variables = P.load_torchvision(name, pth if TORCHVISION_MODELS.index(name) % 2 else st)
-    model = zoo.create(name)
-    # On 1-2 images most layers have fewer tiles than Winograd's floor for a batch (the
-    # benchmark's 8 images have enough): without it, every layer of its shapes takes it.
-    levers = (shipped_winograd(winograd_min_tiles=0) if name in WINOGRAD_PARITY
-              else contextlib.nullcontext())
-    with jax.default_matmul_precision("highest"), levers:
+    model = zoo.create(name, conv_policy=PARITY_POLICY[name in WINOGRAD_PARITY])
+    with jax.default_matmul_precision("highest"):
         forward = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
         ours = forward(variables["params"], variables["state"],
                        jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
@@ -277,7 +273,7 @@ def test_torchvision_parity_googlenet_aux_heads(torch_modules, record_property):
         ref_aux = {k: getattr(model_t, k)(v).numpy() for k, v in taps.items()}
     with tempfile.TemporaryDirectory() as tmp:
         pth, _ = _save_both(torch, model_t, tmp)
-        model = zoo.create("googlenet", aux_logits=True)
+        model = zoo.create("googlenet", aux_logits=True, conv_policy=PARITY_POLICY[False])
         variables = P.load_torchvision(model, pth)
     with jax.default_matmul_precision("highest"):
         fn = jax.jit(lambda p, s, x: googlenet.apply_with_aux(model, p, s, x, train=False)[:2])

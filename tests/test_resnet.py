@@ -222,6 +222,6 @@ def test_long_stages_run_as_a_scan_with_the_same_params():
         return [e.primitive.name for e in jax.make_jaxpr(fn)(abstract, x).jaxpr.eqns]
 
     assert primitives().count("scan") == 1  # layer3; the other stages are short
-    assert resnet.SCAN_MIN_BLOCKS > max(resnet.DEPTHS[50][1]) - 1  # ResNet-50 stays unrolled
-    with nn.scan_repeats(0):
-        assert "scan" not in primitives()
+    assert model.policy.scan_min_run > max(resnet.DEPTHS[50][1]) - 1  # ResNet-50 stays unrolled
+    model = model.with_policy(model.policy.replace(scan_min_run=0))
+    assert "scan" not in primitives()

@@ -1,11 +1,12 @@
-"""Winograd's F(2x2, 3x3) (zoo.winograd) against XLA's convolution and a float64 reference."""
+"""Winograd's F(2x2, 3x3) (zoo.kernels.winograd) against XLA's convolution and a float64 reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import normal
-from zoo import bench, nn, winograd
+from zoo import bench, kernels
+from zoo.kernels import winograd
 import zoo
 
 
@@ -61,35 +62,12 @@ def test_rejects_other_kernels():
 def test_forcing_winograd_on_another_conv_is_an_error():
     x, w = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
     with pytest.raises(ValueError, match="'winograd' takes 3x3, stride-1.*stride \\(2, 2\\)"):
-        nn.conv2d(x, w, stride=2, padding=1, rounding="floor", impl="winograd")
-    y = nn.conv2d(x + 1, w + 1, padding=1, impl="winograd")
-    np.testing.assert_allclose(y, nn.conv2d(x + 1, w + 1, padding=1, impl="xla"), rtol=1e-5)
+        kernels.conv2d(x, w, stride=2, padding=1, rounding="floor", impl="winograd")
+    y = kernels.conv2d(x + 1, w + 1, padding=1, impl="winograd")
+    np.testing.assert_allclose(y, kernels.conv2d(x + 1, w + 1, padding=1, impl="xla"), rtol=1e-5)
 
 
-def test_policy_picks_winograd_where_it_pays(winograd_as_shipped):
-    choose = lambda x, w, out, stride=(1, 1), dtype=jnp.float32: nn.conv_policy(
-        x, w, stride, (1, 1), 1, out, dtype)
-    assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
-    assert choose((8, 14, 14, 32), (3, 3, 32, 64), (14, 14)) == "winograd"
-    assert choose((8, 56, 56, 256), (3, 3, 256, 256), (56, 56)) == "winograd"
-    assert choose((1, 96, 96, 256), (3, 3, 256, 256), (96, 96)) == "winograd"    # fully-conv VGG at 384
-    assert choose((1, 112, 112, 256), (3, 3, 256, 256), (112, 112)) == "xla+stored"
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"     # big map, few channels
-    assert choose((8, 28, 28, 16), (3, 3, 16, 32), (28, 28)) == "xla+stored"     # few channels
-    assert choose((8, 7, 7, 512), (3, 3, 512, 512), (7, 7)) == "xla+stored"      # 7x7 map
-    assert choose((1, 14, 14, 512), (3, 3, 512, 512), (14, 14)) == "xla+stored"  # 49 tiles
-    assert choose((2, 14, 14, 256), (3, 3, 256, 256), (14, 14)) == "xla+stored"  # 98 tiles
-    assert choose((1, 24, 24, 512), (3, 3, 512, 512), (24, 24)) == "winograd"    # 144 tiles
-    assert choose((8, 56, 56, 128), (3, 3, 128, 128), (28, 28), (2, 2)) == "xla+stored"
-    assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28), dtype=jnp.bfloat16) == "xla+stored"
-    assert choose((8, 28, 28, 128), (5, 5, 128, 128), (28, 28)) == "xla+stored"
-    with nn.conv_levers(winograd=()):
-        assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "xla+stored"
-    with nn.conv_levers(store_input=False):  # the stored input follows its lever
-        assert choose((8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
-
-
-def test_resnet18_uses_winograd_on_its_middle_stages_and_the_benchmark_can_switch_it_off(winograd_as_shipped):
+def test_resnet18_uses_winograd_on_its_middle_stages_and_the_benchmark_can_switch_it_off():
     model = zoo.create("resnet18")
     rows = bench.conv_choices(model, (8, 224, 224, 3))
     wino = [path for path, impl, _, _ in rows if impl == "winograd"]

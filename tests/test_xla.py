@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from zoo import xla
+from zoo.kernels import xla
 
 
 def _small_convnet():

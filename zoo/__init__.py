@@ -4,13 +4,13 @@
     variables = model.init(jax.random.key(0), (1, 224, 224, 3))
     logits, state = zoo.jit(model.apply)(variables["params"], variables["state"], x)
 
-``zoo.jit`` is ``jax.jit`` with the XLA:CPU options zoo's benchmarks chose (:mod:`zoo.xla`).
+``zoo.jit`` is ``jax.jit`` with the XLA:CPU options zoo's benchmarks chose (:mod:`zoo.kernels.xla`).
 """
+from .kernels import ConvPolicy, jit
 from .nn import Layer, count_params
 from .registry import Model, create, get_config, list_models, register
-from .xla import jit
 
 __version__ = "0.1.0"
 
-__all__ = ["Layer", "Model", "count_params", "create", "get_config", "jit", "list_models",
+__all__ = ["ConvPolicy", "Layer", "Model", "count_params", "create", "get_config", "jit", "list_models",
            "register", "__version__"]

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn, xla
+from . import kernels, nn
+from .kernels import xla
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -142,17 +143,11 @@ def _optimizer(name: str, lr: float = 0.01):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
-@contextlib.contextmanager
-def conv_setting(impl: str = "auto", levers: Mapping | None = None):
-    """The conv implementation and policy levers under which a runner is traced."""
-    with nn.conv_impl(impl), nn.conv_levers(**dict(levers or {})):
-        yield
-
-
 def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
-               optimizer: str = "sgd", impl: str = "auto", levers: Mapping | None = None,
-               per_example: bool = False, name: str = "jax", seed: int = 0) -> Runner:
-    """A compiled JAX inference call or train step on synthetic data.
+               optimizer: str = "sgd", per_example: bool = False, name: str = "jax",
+               seed: int = 0) -> Runner:
+    """A compiled JAX inference call or train step on synthetic data, under the model's
+    conv policy.
 
     ``mode='infer'``: ``apply(train=False)``, weights and input in ``dtype``.
     ``mode='train'``: one SGD-momentum (or Adam) step of the mean cross-entropy,
@@ -176,41 +171,40 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     def cast(tree):
         return jax.tree_util.tree_map(lambda a: a.astype(dt) if a.dtype == jnp.float32 else a, tree)
 
-    with conv_setting(impl, levers):
-        if mode == "infer":
-            p = cast(params) if dtype != "float32" else params
+    if mode == "infer":
+        p = cast(params) if dtype != "float32" else params
 
-            def infer(p, s, x):
-                if per_example:
-                    return jax.lax.map(lambda xi: _main_logits(model.apply(p, s, xi[None])[0])[0], x)
-                return _main_logits(model.apply(p, s, x)[0])
+        def infer(p, s, x):
+            if per_example:
+                return jax.lax.map(lambda xi: _main_logits(model.apply(p, s, xi[None])[0])[0], x)
+            return _main_logits(model.apply(p, s, x)[0])
 
-            t0 = time.perf_counter()
-            fn = xla.jit(infer).lower(p, state, x).compile()
-            compile_s = time.perf_counter() - t0
-            return Runner(name, lambda: fn(p, state, x), batch, compile_s)
-        if mode != "train":
-            raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
-        opt = _optimizer(optimizer)
-
-        def loss_fn(params, state, x, y, rng):
-            out, new_state = model.apply(cast(params) if dtype != "float32" else params, state, x,
-                                         train=True, rng=rng)
-            return cross_entropy(_main_logits(out), y), new_state
-
-        def train_step(carry, x, y):
-            params, state, opt_state, step = carry
-            rng = jax.random.fold_in(key, step)
-            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, state, x, y, rng)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            params = jax.tree_util.tree_map(lambda a, u: a + u, params, updates)
-            return (params, new_state, opt_state, step + 1), loss
-
-        carry = (params, state, opt.init(params), jnp.zeros((), jnp.int32))
         t0 = time.perf_counter()
-        fn = xla.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
+        fn = xla.jit(infer).lower(p, state, x).compile()
         compile_s = time.perf_counter() - t0
+        return Runner(name, lambda: fn(p, state, x), batch, compile_s)
+    if mode != "train":
+        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+    opt = _optimizer(optimizer)
+
+    def loss_fn(params, state, x, y, rng):
+        out, new_state = model.apply(cast(params) if dtype != "float32" else params, state, x,
+                                     train=True, rng=rng)
+        return cross_entropy(_main_logits(out), y), new_state
+
+    def train_step(carry, x, y):
+        params, state, opt_state, step = carry
+        rng = jax.random.fold_in(key, step)
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, state, x, y, rng)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = jax.tree_util.tree_map(lambda a, u: a + u, params, updates)
+        return (params, new_state, opt_state, step + 1), loss
+
+    carry = (params, state, opt.init(params), jnp.zeros((), jnp.int32))
+    t0 = time.perf_counter()
+    fn = xla.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
+    compile_s = time.perf_counter() - t0
     box = [carry]
 
     def step():
@@ -374,54 +368,55 @@ def stats(seconds: Sequence[float], batch: int, flops: float | None = None,
     return out
 
 
-def conv_choices(model, input_shape, *, impl: str = "auto", levers: Mapping | None = None,
-                 dtype: str = "float32") -> list[tuple]:
-    """What each conv of ``model`` runs as for ``input_shape`` under a setting (traced
+def conv_choices(model, input_shape, *, dtype: str = "float32") -> list[tuple]:
+    """What each conv of ``model`` runs as for ``input_shape`` under its policy (traced
     abstractly, nothing computed): rows ``(path, impl, input shape, kernel shape)``."""
     abstract, _ = model.abstract_init(input_shape)
     x = jax.ShapeDtypeStruct(tuple(input_shape), DTYPES[dtype])
-    with conv_setting(impl, levers), nn.recording_conv_choices() as rows:
+    with nn.recording() as rec:
         jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], abstract["params"],
                        abstract["state"], x)
-    return rows
+    return rec.convs
 
 
-#: Lever variants: name -> (impl, levers, applies to 'infer'/'train'), each measured
-#: against the default policy ('auto', all levers on) in the same run.
+#: Lever variants: name -> (changes to the model's policy, applies to 'infer'/'train'), each
+#: measured against the model's own policy in the same run.
 LEVER_VARIANTS = {
-    "xla": ("xla", {}, ("infer", "train")),                        # plain JAX: every conv XLA's
-    "no_small_map": ("auto", {"small_map": 0}, ("infer", "train")),
-    "no_pointwise": ("auto", {"pointwise": False}, ("infer", "train")),
-    "no_single_channel": ("auto", {"single_channel": False}, ("infer", "train")),
-    "mmgrad": ("auto", {"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
-    "no_input_grad": ("auto", {"input_grad": "autodiff"}, ("train",)),
-    "no_store_input": ("auto", {"store_input": False}, ("train",)),
-    "no_winograd": ("auto", {"winograd": ()}, ("infer", "train")),
-    "bf16_native": ("auto", {"low_precision": "native"}, ("infer", "train")),
+    "xla": ({"impl": "xla"}, ("infer", "train")),                 # plain JAX: every conv XLA's
+    "no_small_map": ({"small_map": 0}, ("infer", "train")),
+    "no_pointwise": ({"pointwise": False}, ("infer", "train")),
+    "no_single_channel": ({"single_channel": False}, ("infer", "train")),
+    "mmgrad": ({"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
+    "no_input_grad": ({"input_grad": "autodiff"}, ("train",)),
+    "no_store_input": ({"store_input": False}, ("train",)),
+    "no_winograd": ({"winograd": ()}, ("infer", "train")),
+    "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }
 
 
 def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
-    """The :data:`LEVER_VARIANTS` that change something for this model and mode (their
-    conv choices differ from the default policy's, or the lever acts in this mode/dtype)."""
+    """``{name: model under the varied policy}`` for the :data:`LEVER_VARIANTS` that change
+    something for this model and mode (their conv choices differ from its own policy's, or
+    the lever acts in this mode and dtype)."""
+    custom = kernels.CUSTOM_CONVS
+
     def same_program(rows):  # in inference the custom convs with XLA's forward run just that
-        return [(p, "xla" if mode == "infer" and i in nn.CUSTOM_CONVS
-                 and nn.CUSTOM_CONVS[i].forward == "xla" else i, x, w) for p, i, x, w in rows]
+        return [(p, "xla" if mode == "infer" and i in custom and custom[i].forward == "xla"
+                 else i, x, w) for p, i, x, w in rows]
 
     base = same_program(conv_choices(model, input_shape, dtype=dtype))
     out = {}
-    for name, (impl, levers, modes) in LEVER_VARIANTS.items():
+    for name, (changes, modes) in LEVER_VARIANTS.items():
         if mode not in modes:
             continue
+        variant = model.with_policy(model.policy.replace(**changes))
         if name == "bf16_native":
             if dtype != "bfloat16":
                 continue
         elif name == "no_input_grad":
-            if not any(c[1] in nn.CUSTOM_CONVS and nn.CUSTOM_CONVS[c[1]].input_grad is None
-                       for c in base):
+            if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
                 continue
-        elif same_program(conv_choices(model, input_shape, impl=impl, levers=levers,
-                                       dtype=dtype)) == base:
+        elif same_program(conv_choices(variant, input_shape, dtype=dtype)) == base:
             continue
-        out[name] = (impl, levers)
+        out[name] = variant
     return out

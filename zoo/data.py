@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -512,23 +513,23 @@ def _import_tfds():
     except ImportError as e:
         raise DataError(f"TFDS datasets need the optional data dependencies ({e}); install "
                         "them with: pip install -e '.[data]'") from None
-    global _TF_CONFIGURED
-    if not _TF_CONFIGURED:
-        _TF_CONFIGURED = True
-        tf.get_logger().setLevel("ERROR")
-        try:
-            tf.config.set_visible_devices([], "GPU")   # JAX owns the accelerator
-        except (RuntimeError, ValueError):
-            pass
-        try:
-            tf.config.threading.set_inter_op_parallelism_threads(2)
-            tf.config.threading.set_intra_op_parallelism_threads(min(4, os.cpu_count() or 1))
-        except RuntimeError:   # TF already initialised by the caller: keep its settings
-            pass
+    _configure_tensorflow(tf)
     return tfds
 
 
-_TF_CONFIGURED = False
+@functools.cache
+def _configure_tensorflow(tf) -> None:
+    """Once per process: quiet logs, no GPU for TensorFlow (JAX owns it), few threads."""
+    tf.get_logger().setLevel("ERROR")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(2)
+        tf.config.threading.set_intra_op_parallelism_threads(min(4, os.cpu_count() or 1))
+    except RuntimeError:   # TF already initialised by the caller: keep its settings
+        pass
 
 
 def _tfds_mocked() -> bool:

@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn, xla
+from . import nn
+from .kernels import xla
 from .registry import Model
 
 # Layers that act per position on the last axis, so they can stay in a converted head.
@@ -58,7 +59,7 @@ _HEAD_START = ("flatten", "global_avgpool", "adaptive_avgpool")
 # ----------------------------------------------------------------------------------------
 # The converted model.
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FullyConvModel(Model):
     """A converted network: ``apply`` returns ``(scores (N, H', W', K), state)``.
 
@@ -68,6 +69,7 @@ class FullyConvModel(Model):
     paths of the convs that were dense layers; ``trunk_size``: how many leading layers (see
     :func:`split`) the converted net shares, unchanged, with the original;
     ``compile_seconds``: compile time per (input shape, dtype, per_example) compiled so far.
+    Caches belong to the object: another policy (:meth:`with_policy`) starts empty.
     """
 
     stride: int = 1
@@ -129,44 +131,29 @@ class FullyConvModel(Model):
         inputs of ``x_shape``. Cached per (shape, dtype, mode); ``compile_seconds`` is 0.0
         on a cache hit. ``per_example=True`` runs the batch through ``lax.map`` (one image
         at a time inside one program)."""
-        key = (tuple(x_shape), jnp.dtype(dtype).name, bool(per_example), _conv_impl_setting())
+        key = (tuple(x_shape), jnp.dtype(dtype).name, bool(per_example))
         if key in self._compiled:
             return self._compiled[key], 0.0
         self.map_shape(x_shape[1], x_shape[2])  # a clear error before tracing
 
         def forward(p, s, x):
             if per_example:
-                return jax.lax.map(lambda xi: self.network.apply(p, s, xi[None])[0][0], x)
-            return self.network.apply(p, s, x)[0]
+                return jax.lax.map(lambda xi: self.network.apply(p, s, xi[None],
+                                                                 policy=self.policy)[0][0], x)
+            return self.network.apply(p, s, x, policy=self.policy)[0]
 
         t0 = time.perf_counter()
         x_spec = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
         fn = xla.jit(forward).lower(params, state, x_spec).compile()
         seconds = time.perf_counter() - t0
         self._compiled[key] = fn
-        self.compile_seconds[key[:3]] = seconds
+        self.compile_seconds[key] = seconds
         return fn, seconds
 
-    def with_head_impl(self, impl: str | None) -> "FullyConvModel":
-        """The same model (same variables) with the converted head convs run as conv
-        ``impl`` (``'im2col'``, ``'xla'``, ``None``: as :func:`zoo.nn.conv_policy` picks)."""
-        replace = {}
-        for path, layer, _ in _leaves(self.network):
-            if "/".join(path) in self.head_convs:
-                cfg = layer.config
-                replace[path] = nn.Conv(cfg["features"], cfg["kernel"], dilation=cfg["dilation"],
-                                        bias=cfg["bias"], impl=impl)
-        return dataclasses.replace(self, network=_rebuild(self.network, replace),
-                                   compile_seconds={}, _compiled={}, _geometry={})
-
-
-def _conv_impl_setting():
-    """What the trace depends on beyond shapes: the ``zoo.nn.conv_impl`` and conv-lever
-    settings in force (part of the compile-cache key)."""
-    impl = getattr(nn, "_DEFAULT_CONV_IMPL", None)
-    levers = getattr(nn, "current_conv_levers", None)
-    return (impl.get() if impl is not None else None,
-            tuple(sorted(levers().items())) if levers is not None else None)
+    def with_policy(self, policy) -> "FullyConvModel":
+        """The same converted net under another conv policy, with its own compile cache."""
+        return dataclasses.replace(super().with_policy(policy), compile_seconds={},
+                                   _compiled={}, _geometry={})
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,7 +223,7 @@ def _rebuild(layer: nn.Layer, replace: Mapping, path=()):
         if sub in replace and replace[sub] is None:
             continue
         items.append((name, _rebuild(child, replace, sub)))
-    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", 0))
+    return nn.Sequential(items, scan=layer.config.get("scan", False))
 
 
 def _get(tree, path):
@@ -436,7 +423,7 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
         if _shape_tree(abstract[part]) != _shape_tree(tree):
             raise AssertionError(f"{model.name}: converted {part} do not match the converted "
                                  f"network: {_diff_paths(_shape_tree(abstract[part]), _shape_tree(tree))[:5]}")
-    fcn = FullyConvModel(network, cfg, stride=int(box["stride"]),
+    fcn = FullyConvModel(network, cfg, model.policy, stride=int(box["stride"]),
                          receptive_field=int(box["rf"]), train_size=tuple(shape[1:3]),
                          head=plan.head, changes=tuple(plan.changes),
                          head_convs=tuple("/".join(p) for p in plan.transforms),
@@ -708,7 +695,7 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
             lambda xi: model.apply(p, s, xi[None])[0][0], x))
         runners["crops_lax_map"] = lambda: map_fn(p, s, batch)
     for variant, (f, fv) in fcns.items():
-        fn = xla.jit(lambda p, s, x, net=f.network: net.apply(p, s, x)[0])
+        fn = xla.jit(lambda p, s, x, f=f: f.network.apply(p, s, x, policy=f.policy)[0])
         runners[f"fcn_{variant}"] = (lambda fn=fn, fv=fv: fn(fv["params"], fv["state"], image))
     outputs = {}
     for name, run in runners.items():  # warm-up: compiles
@@ -760,3 +747,6 @@ def format_benchmark(r: Mapping) -> str:
                          f"{r['speedup_vs_batched/' + key]:.2f}x vs batched crops, "
                          f"{r['speedup_vs_calls/' + key]:.2f}x vs calls (ideal {r['ideal_ratio']:.2f}x)")
     return "\n".join(lines)
+
+
+jax.tree_util.register_static(FullyConvModel)

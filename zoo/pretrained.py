@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import os
 import pickle
@@ -226,18 +227,17 @@ def get_weights(tag: str) -> WeightSpec:
     return WEIGHTS[tag]
 
 
-_IMAGENET: list[tuple[str, str]] | None = None
+@functools.cache
+def _imagenet_table() -> tuple[tuple[str, str], ...]:
+    with open(os.path.join(ASSETS, "imagenet_classes.txt"), encoding="utf-8") as f:
+        return tuple(tuple(line.rstrip("\n").split("\t", 1)) for line in f if line.strip())
 
 
 def imagenet_classes(wnids: bool = False) -> list[str]:
     """The 1000 ImageNet-1k class names in torchvision's index order (sorted WordNet ids);
     ``wnids=True`` gives the WordNet ids instead. Shipped with the package
     (``zoo/assets/imagenet_classes.txt``: ``wnid<TAB>name`` per line)."""
-    global _IMAGENET
-    if _IMAGENET is None:
-        with open(os.path.join(ASSETS, "imagenet_classes.txt"), encoding="utf-8") as f:
-            _IMAGENET = [tuple(line.rstrip("\n").split("\t", 1)) for line in f if line.strip()]
-    return [w if wnids else n for w, n in _IMAGENET]
+    return [w if wnids else n for w, n in _imagenet_table()]
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,28 +7,49 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from . import nn
+from .kernels import ConvPolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """A built network plus its config.
+    """A built network plus its config and its conv policy.
 
     ``config`` holds at least ``name``, ``input_shape`` (H, W, C) at which the published
     model runs, ``mean``/``std`` (per channel, for inputs scaled to [0, 1]),
-    ``num_classes`` and ``classifier`` (the param path of the final layer).
+    ``num_classes`` and ``classifier`` (the param path of the final layer). ``policy`` is
+    how its convolutions run (:class:`zoo.ConvPolicy`).
+
+    A model is hashable and a pytree without leaves: it may be a static argument of
+    ``jax.jit`` or a plain one. Two models are equal when they share the network, the config
+    and the policy, so a program traced for one policy is never reused for another.
     """
 
     network: nn.Layer
     config: Mapping[str, Any]
+    policy: ConvPolicy = ConvPolicy()
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and other.network is self.network
+                and other.policy == self.policy and dict(other.config) == dict(self.config))
+
+    def __hash__(self):
+        return hash((type(self), id(self.network), self.policy))
+
+    def with_policy(self, policy: ConvPolicy) -> "Model":
+        """The same network and config under another conv policy (a different model)."""
+        if not isinstance(policy, ConvPolicy):
+            raise TypeError(f"policy must be a zoo.ConvPolicy, got {policy!r}")
+        return dataclasses.replace(self, policy=policy)
 
     @property
     def name(self) -> str:
@@ -71,7 +92,7 @@ class Model:
             if dropout:
                 raise ValueError(f"{self.name}: train=True needs an explicit rng for its dropout "
                                  f"layers ({', '.join('/'.join(p) for p in dropout)})")
-        return self.network.apply(params, state, x, train=train, rng=rng)
+        return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
 
     def _check_shape(self, shape):
         channels = self.config["input_shape"][-1]
@@ -123,9 +144,11 @@ DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper",
                     "deviations")
 
 
-def create(name: str, num_classes: int | None = None, **config) -> Model:
+def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy | None = None,
+           **config) -> Model:
     """Build a registered model. ``config`` overrides its defaults (e.g. ``aux_logits=True``).
-    Builders receive every non-descriptive key, ``num_classes`` included."""
+    Builders receive every non-descriptive key, ``num_classes`` included. ``conv_policy``:
+    how its convolutions run (default ``ConvPolicy()``)."""
     cfg = get_config(name)
     if num_classes is not None:
         config["num_classes"] = num_classes
@@ -136,14 +159,13 @@ def create(name: str, num_classes: int | None = None, **config) -> Model:
     if int(cfg["num_classes"]) < 1:
         raise ValueError(f"{name}: num_classes must be >= 1, got {cfg['num_classes']}")
     builder_args = {k: v for k, v in cfg.items() if k not in DESCRIPTIVE_KEYS}
-    return Model(_REGISTRY[name].builder(**builder_args), cfg)
+    model = Model(_REGISTRY[name].builder(**builder_args), cfg)
+    return model if conv_policy is None else model.with_policy(conv_policy)
 
 
-_LOADED = False
-
-
+@functools.cache
 def _load_families():
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        from . import models  # noqa: F401  (registers every family)
+    from . import models  # noqa: F401  (registers every family)
+
+
+jax.tree_util.register_static(Model)

@@ -39,7 +39,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
-from . import registry, xla
+from . import registry
+from .kernels import xla
 from .nn import count_params
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -417,7 +418,8 @@ class Trainer:
         fn = getattr(self.model.network, "apply_with_aux", None)
         if fn is not None:
             self.model._check_shape(tuple(x.shape))
-            logits, aux, new_state = fn(params, state, x, train=True, rng=rng)
+            logits, aux, new_state = fn(params, state, x, train=True, rng=rng,
+                                        policy=self.model.policy)
             aux = list(aux.values()) if isinstance(aux, Mapping) else list(aux)
             return logits, aux, new_state
         out, new_state = self.model.apply(params, state, x, train=True, rng=rng)

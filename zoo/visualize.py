@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn, xla
+from . import nn
+from .kernels import xla
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera")
 
@@ -315,14 +316,14 @@ def truncate(layer: nn.Layer, path: Sequence[str], where=()) -> nn.Layer:
             items.append((name, truncate(child, path[1:], where + (name,))))
             break
         items.append((name, child))
-    return nn.Sequential(items, scan_repeats=layer.config.get("scan_repeats", 0))
+    return nn.Sequential(items, scan=layer.config.get("scan", False))
 
 
 def layer_output(model, variables, x, layer: str):
     """The output of the layer named ``layer`` (``"conv1"``, ``"features/conv3_1"``,
     ``"layer2"``) for the input batch ``x`` (N, H, W, C), in eval mode."""
     net = truncate(model.network, tuple(layer.split("/")))
-    fn = xla.jit(lambda p, s, x: net.apply(p, s, x)[0])
+    fn = xla.jit(lambda p, s, x: net.apply(p, s, x, policy=model.policy)[0])
     return fn(variables["params"], variables.get("state", {}), jnp.asarray(x))
 
 

@@ -244,13 +244,13 @@ def with_aux_heads(layers, heads: Mapping[str, nn.Layer], taps: Mapping[str, str
                     child(head_name, head, shape)
         return shape, params, state
 
-    def apply_with_aux(params, state, x, *, train=False, rng=None):
+    def apply_with_aux(params, state, x, *, train=False, rng=None, policy=None):
         new_state, aux = dict(state), {}
 
         def child(name, layer, x):
             with nn.scope(name):
                 y, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
-                                   rng=nn.name_key(rng, name))
+                                   rng=nn.name_key(rng, name), policy=policy)
             if s:
                 new_state[name] = s
             return y
@@ -269,16 +269,17 @@ def with_aux_heads(layers, heads: Mapping[str, nn.Layer], taps: Mapping[str, str
 def apply_with_aux(model, params, state, x, *, train=False, rng=None):
     """``(logits, aux, new_state)`` for a :class:`~zoo.registry.Model` or a Layer; ``aux``
     maps head names to their logits, ``{}`` when the network has no aux heads."""
+    policy = None
     if isinstance(model, Model):
         model._check_shape(tuple(x.shape))
-        network = model.network
+        network, policy = model.network, model.policy
     else:
         network = model
     fn = getattr(network, "apply_with_aux", None)
     if fn is None:
-        logits, new_state = network.apply(params, state, x, train=train, rng=rng)
+        logits, new_state = network.apply(params, state, x, train=train, rng=rng, policy=policy)
         return logits, {}, new_state
-    return fn(params, state, x, train=train, rng=rng)
+    return fn(params, state, x, train=train, rng=rng, policy=policy)
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def Subsampling() -> nn.Layer:
         c = in_shape[-1]
         return out_shape, {"coef": jnp.ones((c,)), "bias": jnp.zeros((c,))}, {}
 
-    def apply(params, state, x, *, train=False, rng=None):
+    def apply(params, state, x, *, train=False, rng=None, policy=None):
         summed = pool.apply({}, {}, x)[0] * 4.0
         return summed * params["coef"].astype(x.dtype) + params["bias"].astype(x.dtype), state
 

@@ -44,9 +44,10 @@ Parameters at 1000 classes (closed form in ``tests/test_resnet.py``): preact_res
 11,687,720; preact_resnet34 21,795,880; preact_resnet50 25,549,352; preact_resnet101
 44,541,480; preact_resnet152 60,185,128.
 
-Compile time: a stage's blocks after the first are identical, and runs of at least
-:data:`SCAN_MIN_BLOCKS` of them are applied as one ``jax.lax.scan`` over their stacked
-params (``nn.Sequential(scan_repeats=...)``); the params keep their per-block paths.
+Compile time: a stage's blocks after the first are identical, and each stage is a
+scannable ``nn.Sequential(scan=True)``: runs of at least ``ConvPolicy.scan_min_run`` (6) of
+them run as one ``jax.lax.scan`` over their stacked params (ResNet-101's and -152's long
+stages); the params keep their per-block paths.
 
 Every strided layer (stem conv and pool, strided 3x3 convs, strided 1x1 projections) declares
 ``rounding="floor"``, torch's rule: at 224 the stem conv gives ``(224 - 7 + 6)/2 + 1 =
@@ -79,14 +80,6 @@ STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 
-#: A stage's identical blocks (all but its first) run as one ``lax.scan`` when there are at
-#: least this many: ResNet-101's and -152's long stages. Measured (docs/benchmarks.md): the
-#: ResNet-152 train step traces and compiles in 23-27 s instead of 35-44 and steps faster
-#: (0.92-0.93 against 0.72-0.74 img/s); scanning the 2-5 block runs of ResNet-34/50 adds
-#: a loop's compile cost and saves nothing.
-SCAN_MIN_BLOCKS = 6
-
-
 def _conv(features, kernel, stride=1):
     return nn.Conv(features, kernel, stride=stride, padding=kernel // 2, bias=False,
                    rounding="floor" if stride > 1 else "exact")
@@ -112,9 +105,9 @@ def _chain(*layers: nn.Layer) -> nn.Layer:
             state.update(s)
         return shape, params, state
 
-    def apply(params, state, x, *, train=False, rng=None):
+    def apply(params, state, x, *, train=False, rng=None, policy=None):
         for layer in layers:  # each reads its children by name and returns the whole state
-            x, state = layer.apply(params, state, x, train=train, rng=rng)
+            x, state = layer.apply(params, state, x, train=train, rng=rng, policy=policy)
         return x, state
 
     children = tuple(item for layer in layers for item in layer.children)
@@ -162,7 +155,7 @@ def resnet(depth: int, *, preact: bool = False, num_classes: int = 1000) -> nn.L
             blocks.append((str(b), _block(kind, width, stride if b == 0 else 1, channels,
                                           preact, first=(s == 1 and b == 0))))
             channels = width * BLOCKS[kind][-1][1]
-        layers.append((f"layer{s}", nn.Sequential(blocks, scan_repeats=SCAN_MIN_BLOCKS)))
+        layers.append((f"layer{s}", nn.Sequential(blocks, scan=True)))
     if preact:
         layers += [("bn_final", _bn()), ("relu_final", nn.Relu())]
     layers += [("avgpool", nn.GlobalAvgPool()), ("fc", nn.Dense(num_classes))]

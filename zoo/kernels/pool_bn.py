@@ -1,21 +1,15 @@
-"""Fast paths for XLA:CPU behind the layers of :mod:`zoo.nn`: same values and gradients as
-the plain JAX expressions (``tests/test_ops.py``), measured on the 2-core CPU of
-docs/benchmarks.md.
+"""Max pooling, training-mode BatchNorm and a stored buffer, written for XLA:CPU: the same
+values and gradients as the plain JAX expressions (measurements in docs/benchmarks.md).
 
-- :func:`max_pool`: JAX differentiates ``lax.reduce_window(max)`` through
-  ``select_and_gather_add``, which XLA:CPU runs as a reduce-window over value/index pairs:
-  the backward of ResNet's 3x3/2 pool at 112x112x64, batch 32, took 760 ms against 33 ms
-  for its forward. Here the gradient is routed by comparing each of the ``kh*kw`` strided
+- :func:`max_pool`: the gradient is routed by comparing each of the ``kh*kw`` strided
   window views with the output (the first maximum in row-major window order wins, as
   XLA's), accumulated on the ``sh*sw`` stride-phase planes of the input and interleaved
-  once: elementwise work on output-sized arrays, which XLA fuses. Stride-1 pools also
-  run their forward as shifted views (GoogLeNet inference 0.89x the time).
-- :func:`batch_norm_train`: the batch sums as products with a ones vector and the
-  backward written out (two sums instead of XLA's reductions of the autodiff graph):
-  forward + backward at 32x56x56x64 80 -> 41 ms, at 32x14x14x256 22.6 -> 7.8 ms.
+  once: elementwise work that XLA fuses, instead of autodiff's ``select_and_gather_add``.
+  Stride-1 pools also run their forward as the maximum of shifted views.
+- :func:`batch_norm_train`: the batch sums as products with a ones vector, the backward
+  written out (two sums instead of the reductions of the autodiff graph).
 - :func:`stored`: a value XLA:CPU reads from memory instead of recomputing it in each
-  consumer (the input a conv keeps for its weight gradient; ResNet-18 train step at 224:
-  0.87-0.90x the time).
+  consumer (the input a conv keeps for its weight gradient).
 """
 from __future__ import annotations
 
@@ -34,11 +28,9 @@ def max_pool(x, window, strides, pads):
 
 
 def _reduce_max(x, geom):
-    """The forward. Stride 1 (GoogLeNet's branch pools): the maximum of the ``kh*kw``
-    shifted views of the padded input, one fused elementwise pass; XLA:CPU's reduce-window
-    took 6.8 ms against 1.6 ms at 3x3 over 8x28x28x192 (GoogLeNet inference at 224, batch
-    8: 0.89x the time, 10 interleaved rounds). Strided pools keep the reduce-window: as
-    views, ResNet's 3x3/2 at 8x112x112x64 took 15.8 ms against 11.6."""
+    """The forward. Stride 1: the maximum of the ``kh*kw`` shifted views of the padded
+    input, one fused elementwise pass, faster than XLA:CPU's reduce-window; strided pools
+    keep the reduce-window, which is faster there."""
     (kh, kw), (sh, sw), pads = geom
     if (sh, sw) != (1, 1):
         return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, (1, kh, kw, 1),
@@ -100,9 +92,9 @@ def stored(x):
 
     XLA:CPU duplicates cheap elementwise producers into every consumer. When the consumer is
     the transpose XLA adds in front of its weight-gradient convolution (to (C, H, W, N)),
-    the fused loop recomputes the whole BatchNorm/ReLU/residual-add chain in strided order:
-    259 ms for one 32x56x56x64 input of ResNet-18 at 224, against 17 ms to transpose a
-    stored array. An optimization barrier is dropped before fusion; a conditional is not,
+    the fused loop recomputes the whole BatchNorm/ReLU/residual-add chain in strided order,
+    far slower than transposing a stored array. An optimization barrier is dropped before
+    fusion; a conditional is not,
     and its operand and result are buffers (the cost is one copy of ``x``). Its predicate
     ``(v == v) | (v != v)`` holds for every float, NaN included, so the other branch is never
     taken; XLA cannot prove that, and keeps the conditional.
@@ -114,8 +106,8 @@ def stored(x):
 
 
 def _column_sum(a):
-    """Sum over every axis but the last, as a product with a ones vector: XLA:CPU's
-    reduction over N*H*W rows ran 1.6-4x slower than the dot (32x56x56x64: 16.6 vs 3.9 ms)."""
+    """Sum over every axis but the last, as a product with a ones vector (XLA:CPU's
+    reduction over N*H*W rows is slower than the dot)."""
     rows = a.reshape(-1, a.shape[-1])
     # The barrier keeps XLA from folding the ones back into a (slow) reduce.
     ones = jax.lax.optimization_barrier(jnp.ones((rows.shape[0],), a.dtype))

@@ -1,14 +1,13 @@
 """How zoo compiles: ``zoo.jit`` is ``jax.jit`` with the XLA:CPU options the benchmarks chose.
 
-XLA:CPU in jaxlib 0.10 hands convolutions and dots to YNNPACK by default, and greedily
-fuses whole chains of them (VGG16's thirteen convs and two of its FC layers became one
-YNNPACK graph). On the 2-core CPU of docs/benchmarks.md that graph ran 1.3-2.3x slower
-than XLA's own (Eigen) convolutions and matmuls: VGG16 inference 1.6 -> 3.8 img/s,
-AlexNet 41 -> 68, ResNet-50 9.0 -> 11.9 (batch 8, 224). ``CPU_COMPILER_OPTIONS`` turns
-those fusions off, per compiled program, without touching ``XLA_FLAGS``.
+XLA:CPU in jaxlib 0.10 hands convolutions and dots to YNNPACK by default and greedily fuses
+whole chains of them into one YNNPACK graph, which ran slower than XLA's own convolutions
+and matmuls on every model measured (docs/benchmarks.md, "How programs are compiled").
+:data:`CPU_COMPILER_OPTIONS` turns those fusions off, per compiled program, without
+touching ``XLA_FLAGS``.
 
 Every program zoo compiles itself (the trainer's steps, evaluation, the benchmark, the
-fully-convolutional evaluator, the scripts) goes through :func:`jit`. Your own
+fully-convolutional evaluator, the CLI) goes through :func:`jit`. Your own
 ``jax.jit(model.apply)`` gets XLA's defaults; use ``zoo.jit`` instead, or set
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` before JAX starts.
 """

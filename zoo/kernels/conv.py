@@ -1,0 +1,285 @@
+"""The one 2-D convolution every conv layer calls, and its implementations.
+
+``conv2d`` computes NHWC x HWIO -> NHWC with symmetric zero padding ``P`` and the declared
+rounding rule; a :class:`~zoo.kernels.policy.ConvPolicy` picks the implementation per
+traced layer. All of them give XLA's values and gradients within float tolerance:
+
+- ``'xla'``: ``lax.conv_general_dilated`` and autodiff's gradients;
+- ``'im2col'``: patches as rows, then one matrix product per group (the notes'
+  "implementation as matrix multiplication");
+- custom VJPs (:data:`CUSTOM_CONVS`) that choose the forward, the input gradient and the
+  weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import winograd
+from .geometry import pair, padding_pairs, spatial_out
+from .policy import IMPLS, ConvGeometry, ConvPolicy, winograd_computes
+from .pool_bn import stored
+
+DEFAULT_POLICY = ConvPolicy()
+
+
+def im2col(x, kernel_hw, stride, pads, dilation, out_hw):
+    """Patches of ``x`` as rows: (N, Ho, Wo, kh*kw, C), the notes' "im2col" stretch.
+
+    A negative right padding (the floor rule's unreachable border) is never read."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_hw, stride, dilation, out_hw
+    if kh == kw == 1 and all(lo == 0 for lo, _ in pads):  # pointwise: a strided view
+        return jax.lax.slice(x, (0, 0, 0, 0), (x.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1,
+                                               x.shape[3]), (1, sh, sw, 1))[:, :, :, None, :]
+    xp = jnp.pad(x, ((0, 0), *[(lo, max(hi, 0)) for lo, hi in pads], (0, 0)))
+    cols = []
+    for i in range(kh):
+        for j in range(kw):
+            cols.append(jax.lax.slice(
+                xp, (0, i * dh, j * dw, 0),
+                (xp.shape[0], i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, xp.shape[3]),
+                (1, sh, sw, 1)))
+    return jnp.stack(cols, axis=3)
+
+
+class Geom(NamedTuple):
+    """The static arguments of one convolution after geometry is resolved."""
+    stride: tuple
+    pads: tuple
+    dilation: tuple
+    groups: int
+    precision: object
+    acc: object          # preferred_element_type, or None
+
+
+def xla_conv(x, w, geom: Geom):
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=geom.stride, padding=geom.pads, rhs_dilation=geom.dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=geom.groups,
+        precision=geom.precision, preferred_element_type=geom.acc)
+
+
+def _im2col_conv(x, w, geom: Geom, out_hw):
+    kh, kw, cin_g, cout = w.shape
+    cols = im2col(x, (kh, kw), geom.stride, geom.pads, geom.dilation, out_hw)  # N, Ho, Wo, K, C
+    n, ho, wo = cols.shape[:3]
+    if geom.groups == 1:
+        return jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin_g), w.reshape(kh * kw * cin_g, cout),
+                       precision=geom.precision,
+                       preferred_element_type=geom.acc).reshape(n, ho, wo, cout)
+    cols = cols.reshape(n * ho * wo, kh * kw, geom.groups, cin_g)
+    wg = w.reshape(kh * kw, cin_g, geom.groups, cout // geom.groups)
+    y = jnp.einsum("mkgc,kcgo->mgo", cols, wg, precision=geom.precision,
+                   preferred_element_type=geom.acc)
+    return y.reshape(n, ho, wo, cout)
+
+
+def _chunk(n, per_image_bytes, budget):
+    """The largest divisor of the batch ``n`` whose im2col buffer fits ``budget``."""
+    best = 1
+    for c in range(1, n + 1):
+        if n % c == 0 and c * per_image_bytes <= budget:
+            best = c
+    return best
+
+
+def _weight_grad_matmul(x, dy, w_shape, geom: Geom, out_hw, chunk_bytes):
+    """``dW = im2col(x)^T @ dy`` over the batch, ``chunk`` images per step of a ``lax.scan``
+    (the buffer stays in cache; a scan of matmuls, unlike one of XLA convolutions, runs at
+    full speed), accumulated in float32."""
+    kh, kw, cin, cout = w_shape
+    n = x.shape[0]
+    chunk = _chunk(n, out_hw[0] * out_hw[1] * kh * kw * cin * x.dtype.itemsize, chunk_bytes)
+
+    def part(xc, gc):
+        cols = im2col(xc, (kh, kw), geom.stride, geom.pads, geom.dilation, out_hw)
+        return jax.lax.dot_general(cols.reshape(-1, kh * kw * cin), gc.reshape(-1, cout),
+                                   (((0,), (0,)), ((), ())), precision=geom.precision,
+                                   preferred_element_type=jnp.float32)
+
+    if chunk == n:
+        total = part(x, dy)
+    else:
+        xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+        gs = dy.reshape(n // chunk, chunk, *dy.shape[1:])
+        total, _ = jax.lax.scan(lambda a, xg: (a + part(*xg), None),
+                                jnp.zeros((kh * kw * cin, cout), jnp.float32), (xs, gs))
+    return total.reshape(w_shape)
+
+
+def input_grad(dy, w, geom: Geom, in_hw, by_winograd=False):
+    """``dL/dx`` of :func:`xla_conv` as one forward convolution of ``dy`` (dilated by the
+    stride) with the flipped kernel, inputs and outputs swapped per group: autodiff's values
+    as a plain convolution, which XLA:CPU also runs at full speed inside a ``lax.scan``.
+    ``by_winograd``: that convolution as F(2x2, 3x3) where it is one (3x3, stride 1)."""
+    kh, kw, cin_g, cout = w.shape
+    groups = geom.groups
+    w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, cin_g, groups, cout // groups)
+    w_t = w_t.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // groups, groups * cin_g)
+    padding = []
+    for axis in range(2):
+        k_eff = geom.dilation[axis] * (w.shape[axis] - 1) + 1
+        lo = geom.pads[axis][0]
+        out = dy.shape[1 + axis]
+        padding.append((k_eff - 1 - lo, in_hw[axis] - (out - 1) * geom.stride[axis] - 1 + lo))
+    if (by_winograd and winograd_computes(w.shape, geom.stride, geom.dilation, groups)
+            and padding[0][0] >= 0 and padding[1][0] >= 0):
+        return winograd.conv3x3(dy, w_t, padding, in_hw, geom.precision, geom.acc)
+    return jax.lax.conv_general_dilated(
+        dy, w_t, window_strides=(1, 1), padding=padding, lhs_dilation=geom.stride,
+        rhs_dilation=geom.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups, precision=geom.precision, preferred_element_type=geom.acc)
+
+
+def _taps_conv(x, w, geom: Geom, out_hw):
+    """The convolution as ``kh*kw*Cin`` shifted multiply-adds per output channel, one fused
+    elementwise pass per output plane, the planes stacked once (as one NHWC sum XLA would
+    recompute it inside every consumer, the max-pool gradient included)."""
+    kh, kw, cin, cout = w.shape
+    dt = geom.acc or x.dtype
+    xp = jax.lax.pad(x.astype(dt), jnp.zeros((), dt),
+                     [(0, 0, 0), (*geom.pads[0], 0), (*geom.pads[1], 0), (0, 0, 0)])
+    n, (ho, wo), (sh, sw) = x.shape[0], out_hw, geom.stride
+    planes = [None] * cout
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * geom.dilation[0], j * geom.dilation[1]
+            patch = jax.lax.slice(xp, (0, r0, c0, 0),
+                                  (n, r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1, cin),
+                                  (1, sh, sw, 1))
+            for c in range(cin):
+                tap = patch[..., c]
+                for o in range(cout):
+                    term = tap * w[i, j, c, o].astype(dt)
+                    planes[o] = term if planes[o] is None else planes[o] + term
+    return jnp.stack(planes, axis=-1)
+
+
+class CustomConv(NamedTuple):
+    """The static part of a custom-VJP convolution."""
+    geom: Geom
+    out_hw: tuple
+    forward: str       # 'xla', 'taps' or 'winograd'
+    input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)), 'autodiff'
+    weight_grad: str   # 'matmul' or 'xla'
+    chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
+    store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
+
+
+def _custom_primal(x, w, meta: CustomConv):
+    if meta.forward == "taps":
+        return _taps_conv(x, w, meta.geom, meta.out_hw)
+    if meta.forward == "winograd":
+        return winograd.conv3x3(x, w, meta.geom.pads, meta.out_hw, meta.geom.precision,
+                                meta.geom.acc)
+    return xla_conv(x, w, meta.geom)
+
+
+def _custom_fwd(x, w, meta: CustomConv):
+    if meta.store_input:
+        x = stored(x)
+    return _custom_primal(x, w, meta), (x, w)
+
+
+def _custom_bwd(meta: CustomConv, res, dy):
+    geom = meta.geom
+    x, w = res
+    if meta.input_grad in ("conv", "winograd"):
+        dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
+                        by_winograd=meta.input_grad == "winograd")
+    else:
+        dx = jax.vjp(lambda x_: xla_conv(x_, w, geom), x)[1](dy)[0]
+    if meta.weight_grad == "matmul":
+        dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, meta.out_hw,
+                                 meta.chunk_bytes)
+    else:
+        dw = jax.vjp(lambda w_: xla_conv(x, w_, geom), w)[1](dy)[0]
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_custom_conv = jax.custom_vjp(_custom_primal, nondiff_argnums=(2,))
+_custom_conv.defvjp(_custom_fwd, _custom_bwd)
+
+
+class Recipe(NamedTuple):
+    """What one of :data:`CUSTOM_CONVS` fixes; ``None`` leaves the input gradient to the
+    policy's ``input_grad``, the stored input to its ``store_input``."""
+    forward: str
+    input_grad: str | None
+    weight_grad: str
+    store_input: bool | None
+
+
+#: The implementations besides 'xla' and 'im2col'.
+CUSTOM_CONVS = {"xla+mmgrad": Recipe("xla", None, "matmul", False),
+                "taps": Recipe("taps", None, "xla", False),
+                "xla+stored": Recipe("xla", "autodiff", "xla", True),
+                "winograd": Recipe("winograd", "winograd", "xla", None)}
+
+
+def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
+             dtype=jnp.float32, where="<input>") -> tuple[ConvGeometry, tuple]:
+    """``(the policy's view of the conv, its symmetric padding pair)``, checked."""
+    stride, padding, dilation = map(pair, (stride, padding, dilation))
+    kh, kw, cin_g, _ = w_shape
+    if len(x_shape) == 4 and x_shape[3] != cin_g * groups:
+        raise ValueError(f"layer '{where}': input has {x_shape[3]} channels, the kernel "
+                         f"{tuple(w_shape)} with groups={groups} expects {cin_g * groups}")
+    out_hw = spatial_out(x_shape, (kh, kw), stride, padding, dilation, rounding, where, "conv")
+    return ConvGeometry(tuple(x_shape), tuple(w_shape), stride, dilation, groups, out_hw,
+                        jnp.dtype(dtype)), padding
+
+
+def choose(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
+           policy: ConvPolicy | None = None, where="<input>") -> str:
+    """The implementation :func:`conv2d` runs for these arguments: ``impl`` when given, else
+    the policy's choice when traced, else ``'xla'`` (an eager call: one dispatch)."""
+    g, _ = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                    groups=groups, rounding=rounding, dtype=x.dtype, where=where)
+    if impl is None or impl == "auto":
+        if not isinstance(x, jax.core.Tracer):
+            return "xla"
+        return (policy or DEFAULT_POLICY).choose(g)
+    if impl not in IMPLS:
+        raise ValueError(f"conv impl must be one of {IMPLS} or 'auto', got {impl!r}")
+    if impl == "taps" and groups != 1:
+        raise ValueError(f"layer '{where}': conv impl 'taps' takes ungrouped convs only")
+    if impl == "winograd" and not g.winograd_shape():
+        raise ValueError(f"layer '{where}': conv impl 'winograd' takes 3x3, stride-1, "
+                         f"undilated, ungrouped convs only; got kernel {tuple(w.shape)}, "
+                         f"stride {g.stride}, dilation {g.dilation}, groups {groups}")
+    return impl
+
+
+def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
+           policy: ConvPolicy | None = None, precision=None, where="<input>"):
+    """2-D convolution, NHWC x HWIO -> NHWC, symmetric zero padding ``P`` per side.
+
+    ``impl``: one of :data:`~zoo.kernels.policy.IMPLS`, or None/``'auto'`` for ``policy``'s
+    choice (default :class:`ConvPolicy()`). The result has ``x``'s dtype; low-precision
+    inputs accumulate as the policy says. ``where`` names the layer in errors."""
+    policy = policy or DEFAULT_POLICY
+    impl = choose(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  rounding=rounding, impl=impl, policy=policy, where=where)
+    g, padding = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups, rounding=rounding, dtype=x.dtype, where=where)
+    pads = padding_pairs(x.shape, w.shape[:2], g.stride, padding, g.dilation, g.out_hw)
+    w = w.astype(x.dtype)
+    geom = Geom(g.stride, tuple(map(tuple, pads)), g.dilation, groups, precision,
+                policy.accumulation(x.dtype))
+    if impl == "xla":
+        y = xla_conv(x, w, geom)
+    elif impl == "im2col":
+        y = _im2col_conv(x, w, geom, g.out_hw)
+    else:
+        recipe = CUSTOM_CONVS[impl]
+        grad = recipe.input_grad
+        if grad is None:
+            grad = "conv" if policy.input_grad == "conv" or policy.loop_body else "autodiff"
+        store = policy.store_input if recipe.store_input is None else recipe.store_input
+        y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), recipe.forward, grad,
+                                          recipe.weight_grad, int(policy.chunk_bytes),
+                                          bool(store)))
+    return y.astype(x.dtype)

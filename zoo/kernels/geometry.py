@@ -1,0 +1,71 @@
+"""The notes' output-size arithmetic and the paddings that realise it.
+
+A window of ``F`` pixels (dilated: ``d(F - 1) + 1``) moved by ``S`` over ``W`` pixels padded
+by ``P`` on each side gives ``(W - F + 2P)/S + 1`` outputs. When that is not an integer the
+layer must declare how the published model rounds: ``"floor"`` (the last rows are never
+reached) or ``"ceil"`` (Caffe's and PyTorch's: an extra window over the right border, unless
+it would start inside the right padding). Errors name the layer through ``where``.
+"""
+from __future__ import annotations
+
+ROUNDING_RULES = ("exact", "floor", "ceil")
+
+
+def pair(v) -> tuple[int, int]:
+    """``v`` as ``(height, width)``: an int is used for both."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def output_size(size: int, window: int, stride: int, padding: int, dilation: int = 1,
+                rounding: str = "exact", where: str = "<input>", what: str = "") -> int:
+    """``(W - F + 2P)/S + 1`` under ``rounding``; raises naming the layer ``where``."""
+    if rounding not in ROUNDING_RULES:
+        raise ValueError(f"{where}: rounding must be one of {ROUNDING_RULES}, got {rounding!r}")
+    span = dilation * (window - 1) + 1
+    layer = f"layer '{where}'" + (f" ({what})" if what else "")
+    if size + 2 * padding < span:
+        raise ValueError(
+            f"input too small at {layer}: W={size} with padding P={padding} is smaller than the "
+            f"window F={span}; use a larger input image")
+    exact = (size - span + 2 * padding) / stride + 1
+    if rounding == "exact":
+        if exact != int(exact):
+            raise ValueError(
+                f"{layer} does not fit: (W - F + 2P)/S + 1 = ({size} - {span} + 2*{padding})/{stride}"
+                f" + 1 = {exact:g} is not an integer (W={size}, F={span}, P={padding}, S={stride}); "
+                f"change the input size or declare rounding='floor' or 'ceil'")
+        return int(exact)
+    if rounding == "floor":
+        return (size - span + 2 * padding) // stride + 1
+    out = -(-(size - span + 2 * padding) // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def spatial_out(in_shape, window, stride, padding, dilation, rounding, where="<input>",
+                what="") -> tuple[int, int]:
+    """``(Ho, Wo)`` of a 2-D window over an NHWC ``in_shape``."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (window, stride, padding, dilation))
+    if len(in_shape) != 4:
+        raise ValueError(f"layer '{where}' expects NHWC input, got shape {tuple(in_shape)}")
+    ho = output_size(in_shape[1], kh, sh, ph, dh, rounding, where, what + ", height")
+    wo = output_size(in_shape[2], kw, sw, pw, dw, rounding, where, what + ", width")
+    return ho, wo
+
+
+def right_padding(size, out, window, stride, padding, dilation) -> int:
+    """Right padding that makes exactly ``out`` windows fit: ``P`` under the exact rule, less
+    (possibly negative: a crop) under floor, more under ceil."""
+    span = dilation * (window - 1) + 1
+    return (out - 1) * stride + span - size - padding
+
+
+def padding_pairs(x_shape, window, stride, padding, dilation, out_hw):
+    """``[(top, bottom), (left, right)]`` that give ``out_hw`` outputs."""
+    pads = []
+    for axis in range(2):
+        size, k = x_shape[1 + axis], window[axis]
+        extra = right_padding(size, out_hw[axis], k, stride[axis], padding[axis], dilation[axis])
+        pads.append((padding[axis], extra))
+    return pads

@@ -1,0 +1,165 @@
+"""How each convolution runs: :class:`ConvPolicy`, a frozen value carried by the model.
+
+A policy is part of the model (``zoo.create(name, conv_policy=...)``,
+``model.with_policy(p)``), never module state: a jitted function traced for one policy can
+never be reused for another, because another policy is another model. Every field's
+measurements are in docs/benchmarks.md ("How the convolutions are chosen").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .winograd import tile_grid
+
+#: What :meth:`ConvPolicy.choose` may answer; every one gives XLA's values and gradients
+#: within float tolerance.
+IMPLS = ("xla", "im2col", "xla+stored", "xla+mmgrad", "taps", "winograd")
+FORCED = ("auto", "xla", "im2col")
+
+
+class ConvGeometry(NamedTuple):
+    """What the policy looks at: shapes (NHWC input, HWIO kernel), stride, dilation, groups,
+    the output map and the input dtype."""
+    x_shape: tuple
+    w_shape: tuple
+    stride: tuple
+    dilation: tuple
+    groups: int
+    out_hw: tuple
+    dtype: object = jnp.float32
+
+    @property
+    def pixels(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    def winograd_shape(self) -> bool:
+        """Whether F(2x2, 3x3) computes it: 3x3, stride 1, undilated, ungrouped."""
+        return winograd_computes(self.w_shape, self.stride, self.dilation, self.groups)
+
+
+def winograd_computes(w_shape, stride, dilation, groups) -> bool:
+    return (tuple(w_shape[:2]) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
+            and groups == 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPolicy:
+    """Every decision about how a convolution runs. ``ConvPolicy()`` is the CPU default;
+    :meth:`xla` gives every conv to XLA (portable: what accelerators and exported programs
+    get). Change fields with :meth:`replace`."""
+
+    #: 'auto': decide per layer by the rules below; 'xla' or 'im2col': every conv so.
+    impl: str = "auto"
+    #: output maps of at most this many pixels run as im2col + one matmul (0: never).
+    small_map: int = 16
+    #: 1x1 convolutions (any stride) as a strided slice + one matmul.
+    pointwise: bool = True
+    #: patches of at least this many values (kh*kw*Cin: a dense layer made a conv) as im2col.
+    wide_patch: int = 8192
+    #: one input channel as 'taps': kh*kw shifted multiply-adds per output plane.
+    single_channel: bool = True
+    #: input gradient of the custom convs: 'conv' (one explicit forward conv) or 'autodiff'.
+    input_grad: str = "conv"
+    #: weight gradient outside scanned runs: 'xla' or 'matmul' (im2col(x)^T @ dy).
+    weight_grad: str = "xla"
+    #: 'matmul' weight gradient only for patches of >= this many values...
+    mmgrad_min_k: int = 256
+    #: ...and output maps of >= this many pixels.
+    mmgrad_min_map: int = 144
+    #: bytes of the im2col buffer per step of the matmul weight gradient.
+    chunk_bytes: int = 16 << 20
+    #: other convs keep their input as a stored buffer for XLA's weight gradient ('xla+stored').
+    store_input: bool = True
+    #: Winograd F(2x2, 3x3) where a (max output pixels, min channels in and out) pair admits.
+    winograd: tuple = ((784, 32), (9216, 256))
+    #: Winograd only on output maps of at least this many pixels...
+    winograd_min_map: int = 100
+    #: ...and with at least this many 2x2 tiles in the batch (the rows of its products).
+    winograd_min_tiles: int = 128
+    #: bfloat16/float16 convs: 'f32acc' accumulates in float32, 'native' leaves it to XLA.
+    low_precision: str = "f32acc"
+    #: apply the rules on the CPU only; accelerators get XLA's convolution.
+    cpu_only: bool = True
+    #: Sequentials marked scannable run runs of at least this many identical layers as one
+    #: lax.scan (compile time; 0: never).
+    scan_min_run: int = 6
+    #: set by Sequential for the body of a scanned run: its convs take matmul-form gradients.
+    loop_body: bool = False
+
+    def __post_init__(self):
+        choices = {"impl": FORCED, "input_grad": ("conv", "autodiff"),
+                   "weight_grad": ("xla", "matmul"), "low_precision": ("f32acc", "native")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ConvPolicy.{name} must be one of {allowed}, got "
+                                 f"{getattr(self, name)!r}")
+        tiers = tuple((int(m), int(c)) for m, c in self.winograd)  # lists -> hashable
+        object.__setattr__(self, "winograd", tiers)
+        for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
+                     "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"ConvPolicy.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def xla(cls) -> "ConvPolicy":
+        """Every convolution XLA's own, on every backend."""
+        return cls(impl="xla")
+
+    def replace(self, **changes) -> "ConvPolicy":
+        """A copy with ``changes``; an unknown field is an error that lists the fields."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"unknown ConvPolicy fields {unknown}; fields: {sorted(fields)}")
+        return dataclasses.replace(self, **changes)
+
+    def for_loop_body(self) -> "ConvPolicy":
+        return self if self.loop_body else dataclasses.replace(self, loop_body=True)
+
+    def active(self) -> bool:
+        """Whether the rules apply on this backend (else every conv is XLA's)."""
+        return not (self.cpu_only and jax.default_backend() != "cpu")
+
+    def choose(self, g: ConvGeometry) -> str:
+        """The implementation for one traced convolution (one of :data:`IMPLS`)."""
+        if self.impl != "auto":
+            return self.impl
+        if not self.active():
+            return "xla"
+        kh, kw, cin_g, cout = g.w_shape
+        if g.pixels <= self.small_map:
+            return "im2col"
+        if g.groups == 1 and ((self.pointwise and kh == kw == 1)
+                              or (self.wide_patch and kh * kw * cin_g >= self.wide_patch)):
+            return "im2col"
+        if g.groups == 1 and (self.loop_body or (
+                self.weight_grad == "matmul" and kh * kw * cin_g >= self.mmgrad_min_k
+                and cout >= 32 and g.pixels >= self.mmgrad_min_map)):
+            return "xla+mmgrad"
+        if self.single_channel and g.x_shape[3] == 1 and g.groups == 1:
+            return "taps"
+        if self.winograd_fits(g):
+            return "winograd"
+        return "xla+stored" if self.store_input else "xla"
+
+    def winograd_fits(self, g: ConvGeometry) -> bool:
+        if not (g.winograd_shape() and jnp.dtype(g.dtype) == jnp.float32):
+            return False
+        channels = min(g.x_shape[3], g.w_shape[3])
+        tiles = g.x_shape[0] * math.prod(tile_grid(g.out_hw))
+        return (g.pixels >= self.winograd_min_map and tiles >= self.winograd_min_tiles
+                and any(g.pixels <= max_map and channels >= min_channels
+                        for max_map, min_channels in self.winograd))
+
+    def accumulation(self, dtype):
+        """``preferred_element_type`` for a conv or matmul on ``dtype`` inputs: float32 for
+        bfloat16/float16 under 'f32acc' on the CPU, else XLA's default (None)."""
+        low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        if not low or self.low_precision != "f32acc":
+            return None
+        return jnp.float32 if self.active() else None  # accelerators accumulate in float32
