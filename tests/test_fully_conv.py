@@ -159,7 +159,7 @@ def test_unpadded_pool_net_equals_crops(step):
 
 def test_identity_adaptive_pool_is_removed():
     model, variables, fcn, fvars = converted("adaptive8", lambda: tiny_adaptive_net(8))
-    kinds = [layer.kind for _, layer, _ in fc._leaves(fcn.network)]
+    kinds = [layer.kind for _, layer, _ in nn.main_path(fcn.network)]
     assert "adaptive_avgpool" not in kinds and "avgpool" not in kinds
     assert fvars["params"]["classifier"]["fc1"]["kernel"].shape == (8, 8, 4, 8)
     image = jax.random.normal(jax.random.key(5), (13, 12, 2))
@@ -173,7 +173,7 @@ def test_block_adaptive_pool_becomes_stride1_pool_and_dilated_conv(pool_to):
     """8x8 -> 2x2 bins of 4: a stride-1 4x4 average pool, then a 2x2 conv of dilation 4,
     so the map keeps the trunk's stride (1) instead of 4. To 1x1: a global pool, 8x8/1."""
     model, variables, fcn, fvars = converted(f"adaptive{pool_to}", lambda: tiny_adaptive_net(pool_to))
-    layers = {path: layer for path, layer, _ in fc._leaves(fcn.network)}
+    layers = {path: layer for path, layer, _ in nn.main_path(fcn.network)}
     assert layers[("adaptive",)].config["window"] == (8 // pool_to,) * 2
     fc1 = layers[("classifier", "fc1")]
     assert fc1.config["kernel"] == (pool_to, pool_to)
@@ -255,7 +255,7 @@ def test_native_size_conversion_from_shapes(name):
     else:  # floor-rule layers (ResNet, ...) take any size; the map may gain the edge cell
         assert uneven in ((6, 6), (7, 7))
     assert not any(layer.kind in ("dense", "flatten", "global_avgpool", "adaptive_avgpool")
-                   for _, layer, _ in fc._leaves(fcn.network))
+                   for _, layer, _ in nn.main_path(fcn.network))
 
 
 #: reduced inputs where the final map is larger than 1x1, so the conv windows are exercised
@@ -274,16 +274,16 @@ def test_converted_head_equals_original_head(name):
     # zeros for the trunk (never run here), random values for everything else
     variables = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
     fcn0, _ = abstract_convert(model, size)
-    trunk, head = fc.split(model.network, fcn0.trunk_size)
+    trunk, head = nn.split(model.network, fcn0.trunk_size)
     head_abstract = jax.eval_shape(lambda k: head.init(k, _feature_shape(trunk, size, c))[1:],
                                    jax.random.key(0))
     head_params = random_variables(head_abstract[0])
     params = _merge(variables["params"], head_params)
     variables = {"params": params, "state": variables["state"]}
     fcn, fvars = fc.convert(model, variables, input_shape=(size, size, c))
-    f_trunk, f_head = fc.split(fcn.network, fcn.trunk_size)
-    orig = [layer for _, layer, _ in fc._leaves(trunk)]
-    conv = [layer for _, layer, _ in fc._leaves(f_trunk)]
+    f_trunk, f_head = nn.split(fcn.network, fcn.trunk_size)
+    orig = [layer for _, layer, _ in nn.main_path(trunk)]
+    conv = [layer for _, layer, _ in nn.main_path(f_trunk)]
     assert len(orig) == len(conv) and all(a is b for a, b in zip(orig, conv))
     feats = jax.random.normal(jax.random.key(9), _feature_shape(trunk, size, c, batch=2))
     want = head.apply(params, variables["state"], feats)[0]

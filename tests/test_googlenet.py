@@ -199,7 +199,7 @@ def test_aux_heads_shapes_paper():
     variables, _ = model.abstract_init((2, 224, 224, 3))
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     logits, aux, state = jax.eval_shape(
-        lambda p, s, x: gn.apply_with_aux(model, p, s, x, train=True, rng=jax.random.key(0)),
+        lambda p, s, x: model.apply_with_aux(p, s, x, train=True, rng=jax.random.key(0)),
         variables["params"], variables["state"], x)
     assert logits.shape == (2, 10)
     assert {k: v.shape for k, v in aux.items()} == {"aux1": (2, 10), "aux2": (2, 10)}
@@ -211,7 +211,7 @@ def test_no_aux_heads_gives_an_empty_dict():
     model = zoo.create("googlenet")
     variables, _ = model.abstract_init((1, 32, 32, 3))
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-    logits, aux, _ = jax.eval_shape(lambda p, s, x: gn.apply_with_aux(model, p, s, x),
+    logits, aux, _ = jax.eval_shape(lambda p, s, x: model.apply_with_aux(p, s, x),
                                     variables["params"], variables["state"], x)
     assert logits.shape == (1, 1000) and aux == {}
 
@@ -234,9 +234,10 @@ def test_aux_heads_train():
     @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def grads(p):
         def loss(p):
-            logits, aux, new_state = gn.apply_with_aux(model, p, state, x, train=True,
+            logits, aux, new_state = model.apply_with_aux(p, state, x, train=True,
                                                        rng=jax.random.key(2))
-            total = _xent(logits, labels) + gn.AUX_LOSS_WEIGHT * sum(_xent(a, labels) for a in aux.values())
+            weight = model.config["aux_loss_weight"]
+            total = _xent(logits, labels) + weight * sum(_xent(a, labels) for a in aux.values())
             return total, (aux, new_state)
         return jax.grad(loss, has_aux=True)(p)
 
@@ -250,7 +251,7 @@ def test_aux_heads_train():
         assert norm(g[layer]) > 0, layer
     # Train-mode apply_with_aux updates the aux heads' BN statistics too.
     assert bool(jnp.any(new_state["aux1"]["conv"]["bn"]["mean"] != state["aux1"]["conv"]["bn"]["mean"]))
-    assert float(gn.AUX_LOSS_WEIGHT) == model.network.config["aux_weight"] == 0.3
+    assert model.config["aux_loss_weight"] == gn.AUX_LOSS_WEIGHT == 0.3  # the paper's, sec. 5
 
 
 def test_aux_network_mechanics():
@@ -258,7 +259,7 @@ def test_aux_network_mechanics():
     state sit beside the trunk's, rng reaches heads by name."""
     trunk = [("fc1", nn.Dense(8)), ("bn", nn.BatchNorm()), ("fc2", nn.Dense(3))]
     head = nn.Sequential([("drop", nn.Dropout(0.5)), ("out", nn.Dense(2))])
-    net = gn.with_aux_heads(trunk, {"side": head}, {"side": "bn"})
+    net = nn.WithSideHeads(trunk, {"side": head}, {"side": "bn"})
     assert net.kind == "sequential_with_aux" and [n for n, _ in net.children] == ["fc1", "bn", "fc2", "side"]
     shape, params, state = net.init(jax.random.key(0), (4, 5))
     assert shape == (4, 3) and set(params) == {"fc1", "bn", "fc2", "side"} and set(state) == {"bn"}
@@ -271,10 +272,10 @@ def test_aux_network_mechanics():
     assert not bool(jnp.all(s["bn"]["mean"] == state["bn"]["mean"]))
     with pytest.raises(ValueError, match="rng"):
         net.apply_with_aux(params, state, x, train=True)
-    a, aux, _ = gn.apply_with_aux(net, params, state, x, train=True, rng=jax.random.key(3))
+    a, aux, _ = net.apply_with_aux(params, state, x, train=True, rng=jax.random.key(3))
     assert a.shape == (4, 3) and aux["side"].shape == (4, 2)
     with pytest.raises(ValueError, match="not a trunk layer"):
-        gn.with_aux_heads(trunk, {"side": head}, {"side": "fc9"})
+        nn.WithSideHeads(trunk, {"side": head}, {"side": "fc9"})
 
 
 def test_concat_keeps_every_branch_bn_update():

@@ -367,15 +367,15 @@ def test_scaled_normal_is_the_keys_normal_draw_whatever_block_it_takes(shape):
     2**20-value blocks from ``fold_in(key, i)``: drawn longer and cut on the host, the same
     values, traced or not."""
     key, n, scale = jax.random.key(7), int(np.prod(shape)), 0.3
-    if n <= nn._NORMAL_BLOCK:
+    if n <= nn.init._NORMAL_BLOCK:
         expected = jax.random.normal(key, (n,))
     else:
-        expected = jnp.concatenate([jax.random.normal(jax.random.fold_in(key, i), (nn._NORMAL_BLOCK,))
-                                    for i in range(-(-n // nn._NORMAL_BLOCK))])[:n]
+        expected = jnp.concatenate([jax.random.normal(jax.random.fold_in(key, i), (nn.init._NORMAL_BLOCK,))
+                                    for i in range(-(-n // nn.init._NORMAL_BLOCK))])[:n]
     expected = np.asarray(expected).reshape(shape) * np.float32(scale)
     got = nn.scaled_normal(key, shape, scale)
     assert got.shape == shape and got.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(got), expected)
     traced = jax.jit(lambda k: nn.scaled_normal(k, shape, scale))(key)
     np.testing.assert_allclose(np.asarray(traced), expected, rtol=1e-6, atol=1e-7)
-    assert nn._draw_length(n) >= min(n, nn._NORMAL_BLOCK)
+    assert nn.init._draw_length(n) >= min(n, nn.init._NORMAL_BLOCK)

@@ -185,4 +185,4 @@ def test_nothing_assigns_module_level_config():
                 if f.attr == "ContextVar":
                     contextvars.append(f"{path.relative_to(ROOT)}:{node.args[0].value}")
     assert offences == []
-    assert sorted(contextvars) == ["zoo/nn.py:zoo_recorder", "zoo/nn.py:zoo_scope"]
+    assert sorted(contextvars) == ["zoo/nn/layer.py:zoo_recorder", "zoo/nn/layer.py:zoo_scope"]

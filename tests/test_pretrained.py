@@ -261,8 +261,6 @@ def test_torchvision_parity_googlenet_aux_heads(torch_modules, record_property):
     """GoogLeNet with aux heads: main and both aux logits (torchvision computes aux heads in
     train mode only, so they are run here on the tapped features, in eval mode)."""
     torch, torchvision = torch_modules
-    from zoo.models import googlenet
-
     model_t = _torchvision_model(torch, torchvision, "googlenet", aux=True)
     taps = {}
     model_t.inception4a.register_forward_hook(lambda m, i, o: taps.__setitem__("aux1", o))
@@ -276,7 +274,7 @@ def test_torchvision_parity_googlenet_aux_heads(torch_modules, record_property):
         model = zoo.create("googlenet", aux_logits=True, conv_policy=PARITY_POLICY[False])
         variables = P.load_torchvision(model, pth)
     with jax.default_matmul_precision("highest"):
-        fn = jax.jit(lambda p, s, x: googlenet.apply_with_aux(model, p, s, x, train=False)[:2])
+        fn = jax.jit(lambda p, s, x: model.apply_with_aux(p, s, x, train=False)[:2])
         logits, aux = fn(variables["params"], variables["state"],
                          jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
     _check_logits("googlenet (aux_logits=True)", logits, ref, record_property)

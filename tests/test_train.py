@@ -313,21 +313,20 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
 
 
 def test_aux_classifier_losses_are_trained():
-    """A network exposing ``apply_with_aux`` (GoogLeNet's aux heads) trains its heads with
-    the aux loss; weight 0 leaves them untouched."""
-    from zoo.models.googlenet import with_aux_heads
-
+    """A network with side heads (GoogLeNet's aux classifiers) trains its heads with the aux
+    loss, weighted by the model's ``aux_loss_weight`` unless the config overrides it; weight
+    0 leaves them untouched."""
     layers = [("conv1", nn.Conv(4, 3, padding=1)), ("relu1", nn.Relu()),
               ("conv2", nn.Conv(4, 3, padding=1)), ("relu2", nn.Relu()),
               ("flatten", nn.Flatten()), ("fc", nn.Dense(10))]
     head = nn.Sequential([("flatten", nn.Flatten()), ("fc", nn.Dense(10))])
-    net = with_aux_heads(layers, {"aux1": head}, {"aux1": "relu1"})
+    net = nn.WithSideHeads(layers, {"aux1": head}, {"aux1": "relu1"})
     model = zoo.Model(net, dict(name="auxnet", input_shape=(8, 8, 1), mean=(0.5,), std=(0.5,),
-                                num_classes=10, classifier="fc"))
+                                num_classes=10, classifier="fc", aux_loss_weight=0.3))
     variables = model.init(jax.random.PRNGKey(0), (1, 8, 8, 1))
     x = np.random.RandomState(0).randn(8, 8, 8, 1).astype(np.float32)
     y = np.arange(8, dtype=np.int32)
-    for weight, moves in ((0.3, True), (0.0, False)):
+    for weight, moves in ((None, True), (0.0, False)):
         trainer = T.Trainer(model, T.as_config(batch_size=8, aux_loss_weight=weight), 1,
                             params_template=variables["params"])
         ts, _ = trainer.train_step(trainer.init_state(variables), x, y)

@@ -121,14 +121,6 @@ class Runner:
     note: str = ""
 
 
-def _main_logits(out):
-    if isinstance(out, Mapping):
-        return out["logits"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
 def cross_entropy(logits, labels):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
@@ -176,8 +168,8 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
 
         def infer(p, s, x):
             if per_example:
-                return jax.lax.map(lambda xi: _main_logits(model.apply(p, s, xi[None])[0])[0], x)
-            return _main_logits(model.apply(p, s, x)[0])
+                return jax.lax.map(lambda xi: model.apply(p, s, xi[None])[0][0], x)
+            return model.apply(p, s, x)[0]
 
         t0 = time.perf_counter()
         fn = xla.jit(infer).lower(p, state, x).compile()
@@ -190,7 +182,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     def loss_fn(params, state, x, y, rng):
         out, new_state = model.apply(cast(params) if dtype != "float32" else params, state, x,
                                      train=True, rng=rng)
-        return cross_entropy(_main_logits(out), y), new_state
+        return cross_entropy(out, y), new_state
 
     def train_step(carry, x, y):
         params, state, opt_state, step = carry
@@ -230,13 +222,13 @@ def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float
     def train_step(params, state, opt_state, x, y):
         def loss_fn(params):
             out, new_state = model.apply(params, state, x, train=True, rng=key)
-            return cross_entropy(_main_logits(out), y), new_state
+            return cross_entropy(out, y), new_state
         (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return jax.tree_util.tree_map(lambda a, u: a + u, params, updates), new_state, opt_state, loss
 
     def infer(params, state, x):
-        return _main_logits(model.apply(params, state, x)[0])
+        return model.apply(params, state, x)[0]
 
     t0 = time.perf_counter()
     if mode == "train":

@@ -37,7 +37,6 @@ where the large image has pixels. See ``docs/fully_conv.md`` for the measured ga
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any, Mapping, Sequence
@@ -67,7 +66,7 @@ class FullyConvModel(Model):
     (pixels) that one cell depends on; ``train_size``: the (H, W) crop one cell stands for;
     ``changes``: what the conversion did, one line per rewritten layer; ``head_convs``: the
     paths of the convs that were dense layers; ``trunk_size``: how many leading layers (see
-    :func:`split`) the converted net shares, unchanged, with the original;
+    :func:`zoo.nn.split`) the converted net shares, unchanged, with the original;
     ``compile_seconds``: compile time per (input shape, dtype, per_example) compiled so far.
     Caches belong to the object: another policy (:meth:`with_policy`) starts empty.
     """
@@ -159,42 +158,6 @@ class FullyConvModel(Model):
 # ----------------------------------------------------------------------------------------
 # Walking the Layer tree.
 
-def _aux_names(layer: nn.Layer) -> set:
-    """Names of a layer's children that are auxiliary side heads (training-only
-    classifiers): a trunk-with-heads layer names them in ``config["taps"]`` (head -> the
-    trunk layer it reads), as GoogLeNet's ``AuxNetwork`` does."""
-    taps = layer.config.get("taps") if isinstance(layer.config, Mapping) else None
-    return set(taps) if taps else set()
-
-
-def _is_sequence(layer: nn.Layer) -> bool:
-    """A layer applied as its children in order: a Sequential, or a trunk with side heads
-    (whose main output is its trunk's)."""
-    return layer.kind == "sequential" or (layer.kind.startswith("sequential") and bool(_aux_names(layer)))
-
-
-def _leaves(layer: nn.Layer, path=()):
-    """``(path, layer, is_aux)`` for every layer reached through (nested) sequences, in
-    order; side heads are yielded with ``is_aux=True`` and are not part of the main path."""
-    if not _is_sequence(layer):
-        yield path, layer, False
-        return
-    aux = _aux_names(layer)
-    for name, child in layer.children:
-        if name in aux:
-            yield path + (name,), child, True
-        else:
-            yield from _leaves(child, path + (name,))
-
-
-@contextlib.contextmanager
-def _scopes(path):
-    with contextlib.ExitStack() as stack:
-        for name in path:
-            stack.enter_context(nn.scope(name))
-        yield
-
-
 def _input_shapes(leaves, in_shape):
     """The input shape of every leaf at ``in_shape`` (abstractly: no weights allocated)."""
     shapes = []
@@ -203,27 +166,13 @@ def _input_shapes(leaves, in_shape):
         shape = tuple(in_shape)
         for path, layer in leaves:
             shapes.append(shape)
-            with _scopes(path):
+            with nn.scopes(path):
                 shape, _, _ = layer.init(key, shape)
         shapes.append(tuple(shape))
         return jnp.zeros(())
 
     jax.eval_shape(run, jax.random.key(0))
     return shapes
-
-
-def _rebuild(layer: nn.Layer, replace: Mapping, path=()):
-    """The same tree with leaves replaced (``replace[path]``: a Layer, or None to drop);
-    sequences become plain Sequentials (a trunk whose side heads were dropped is one)."""
-    if not _is_sequence(layer):
-        return replace.get(path, layer)
-    items = []
-    for name, child in layer.children:
-        sub = path + (name,)
-        if sub in replace and replace[sub] is None:
-            continue
-        items.append((name, _rebuild(child, replace, sub)))
-    return nn.Sequential(items, scan=layer.config.get("scan", False))
 
 
 def _get(tree, path):
@@ -261,18 +210,6 @@ def _shape_tree(tree):
 # ----------------------------------------------------------------------------------------
 # Conversion.
 
-def split(network: nn.Layer, n: int) -> tuple[nn.Layer, nn.Layer]:
-    """``(trunk, head)``: the first ``n`` layers reached through the (nested) Sequentials and
-    the rest, each keeping the original nesting and names, so both take the whole params
-    tree. Side heads belong to neither."""
-    leaves = [(path, aux) for path, _, aux in _leaves(network)]
-    main = [path for path, aux in leaves if not aux]
-    drop_aux = {path: None for path, aux in leaves if aux}
-    trunk = _rebuild(network, {**drop_aux, **{p: None for p in main[n:]}})
-    head = _rebuild(network, {**drop_aux, **{p: None for p in main[:n]}})
-    return trunk, head
-
-
 @dataclasses.dataclass
 class _Plan:
     trunk_size: int
@@ -286,7 +223,7 @@ def _plan(network: nn.Layer, in_shape, name: str, head_impl) -> _Plan:
     replace, transforms, changes = {}, {}, []
     # Auxiliary classifiers (training-only side outputs) are dropped.
     leaves = []
-    for path, layer, aux in _leaves(network):
+    for path, layer, aux in nn.main_path(network):
         if aux:
             replace[path] = None
             changes.append(f"{'/'.join(path)}: auxiliary classifier removed")
@@ -400,7 +337,7 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
                              f"{shape[1]}x{shape[2]} ({part} differ at {bad[:5]}); pass the "
                              f"input_shape they were initialised for")
     plan = _plan(model.network, shape, model.name, head_impl)
-    network = _rebuild(model.network, plan.replace)
+    network = nn.rebuild(model.network, plan.replace)
 
     params, state = variables["params"], variables.get("state", {})
     for path, new in plan.replace.items():

@@ -86,13 +86,29 @@ class Model:
         """``(logits, new_state)``; ``train=True`` uses batch statistics and dropout (which
         needs ``rng``)."""
         self._check_shape(tuple(x.shape))
+        self._check_rng(train, rng)
+        return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
+
+    def apply_with_aux(self, params, state, x, *, train: bool = False, rng=None):
+        """``(logits, {head: logits}, new_state)``: :meth:`apply` plus the side heads'
+        outputs (GoogLeNet's auxiliary classifiers; ``{}`` for a model without any), which
+        run here in train and eval mode alike. Their loss weight is
+        ``config["aux_loss_weight"]``."""
+        fn = self.network.apply_with_aux
+        if fn is None:
+            logits, new_state = self.apply(params, state, x, train=train, rng=rng)
+            return logits, {}, new_state
+        self._check_shape(tuple(x.shape))
+        self._check_rng(train, rng)
+        return fn(params, state, x, train=train, rng=rng, policy=self.policy)
+
+    def _check_rng(self, train, rng):
         if train and rng is None:
             dropout = [p for p, layer in nn.leaf_layers(self.network)
                        if layer.kind == "dropout" and layer.config["rate"] > 0]
             if dropout:
                 raise ValueError(f"{self.name}: train=True needs an explicit rng for its dropout "
                                  f"layers ({', '.join('/'.join(p) for p in dropout)})")
-        return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
 
     def _check_shape(self, shape):
         channels = self.config["input_shape"][-1]
@@ -141,7 +157,7 @@ def get_config(name: str) -> dict:
 
 #: keys that describe the model rather than parametrise its builder
 DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
-                    "deviations")
+                    "deviations", "aux_loss_weight")
 
 
 def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy | None = None,

@@ -48,8 +48,6 @@ SCHEDULES = ("constant", "step", "cosine", "linear")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 #: leaf names never weight-decayed: biases and BatchNorm scales (any 0/1-D leaf neither)
 NO_DECAY_NAMES = ("bias", "scale")
-#: weight of GoogLeNet-style auxiliary classifier losses (Szegedy et al. 2015, sec. 5)
-AUX_LOSS_WEIGHT = 0.3
 
 
 class ConfigError(ValueError):
@@ -104,7 +102,7 @@ class TrainConfig:
     freeze: tuple = ()
     backbone_lr_scale: float = 1.0
     aux_logits: bool | None = None     # build the model with aux classifiers (GoogLeNet)
-    aux_loss_weight: float = AUX_LOSS_WEIGHT
+    aux_loss_weight: float | None = None  # side heads' loss weight; default: the model's
     log_every: int = 10                # steps between host syncs (progress bar, NaN check)
     progress: bool = True
 
@@ -321,22 +319,6 @@ def cross_entropy(logits, labels, smoothing: float = 0.0):
     return nll
 
 
-def split_outputs(out):
-    """``(logits, [aux logits])`` of a model output.
-
-    Hook for models with auxiliary classifiers (GoogLeNet): an output may be an array, a
-    tuple/list ``(logits, aux1, aux2, ...)`` or a dict with ``"logits"`` and ``"aux"``
-    (an array or a sequence of arrays). Aux losses are weighted by
-    ``TrainConfig.aux_loss_weight`` (0.3, as the paper); at eval only ``logits`` count."""
-    if isinstance(out, Mapping):
-        aux = out.get("aux", ())
-        aux = [aux] if isinstance(aux, jax.Array) else list(aux or ())
-        return out["logits"], aux
-    if isinstance(out, (tuple, list)):
-        return out[0], list(out[1:])
-    return out, []
-
-
 # ----------------------------------------------------------------------------------------
 # The jitted steps on a device mesh.
 
@@ -363,6 +345,8 @@ class Trainer:
         self.local_batch = cfg.batch_size // self.process_count
         self.steps_per_epoch = steps_per_epoch
         self.classifier = model.config.get("classifier")
+        self.aux_loss_weight = float(model.config.get("aux_loss_weight", 0.0)
+                                     if cfg.aux_loss_weight is None else cfg.aux_loss_weight)
         params_template = params_template if params_template is not None else \
             model.abstract_init()[0]["params"]
         self.frozen = frozen_mask(params_template, cfg.freeze)
@@ -407,35 +391,18 @@ class Trainer:
         return tuple(jax.make_array_from_process_local_data(self.batch_sharding, a) for a in arrays)
 
     # -- steps
-    def _forward(self, params, state, x, train, rng):
-        out, new_state = self.model.apply(params, state, x.astype(self.dtype), train=train, rng=rng)
-        return out, new_state
-
-    def _forward_with_aux(self, params, state, x, rng):
-        """``(logits, [aux logits], new_state)`` in train mode. Networks with auxiliary
-        classifiers (GoogLeNet with ``aux_logits=True``) expose ``apply_with_aux``."""
-        x = x.astype(self.dtype)
-        fn = getattr(self.model.network, "apply_with_aux", None)
-        if fn is not None:
-            self.model._check_shape(tuple(x.shape))
-            logits, aux, new_state = fn(params, state, x, train=True, rng=rng,
-                                        policy=self.model.policy)
-            aux = list(aux.values()) if isinstance(aux, Mapping) else list(aux)
-            return logits, aux, new_state
-        out, new_state = self.model.apply(params, state, x, train=True, rng=rng)
-        logits, aux = split_outputs(out)
-        return logits, aux, new_state
-
     def _step(self, ts: TrainState, x, y):
         cfg = self.cfg
         rng = jax.random.fold_in(ts.rng, ts.step)
 
         def loss_fn(params):
-            logits, aux, new_state = self._forward_with_aux(params, ts.state, x, rng)
+            logits, aux, new_state = self.model.apply_with_aux(
+                params, ts.state, x.astype(self.dtype), train=True, rng=rng)
             loss = jnp.mean(cross_entropy(logits, y, cfg.label_smoothing))
             total = loss
-            for a in aux:
-                total = total + cfg.aux_loss_weight * jnp.mean(cross_entropy(a, y, cfg.label_smoothing))
+            for a in aux.values():
+                total = total + self.aux_loss_weight * jnp.mean(
+                    cross_entropy(a, y, cfg.label_smoothing))
             return total, (loss, logits, new_state)
 
         (_, (loss, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params)
@@ -453,8 +420,7 @@ class Trainer:
         return TrainState(params, new_state, opt_state, ts.step + 1, ts.rng), metrics
 
     def _eval(self, params, state, x, y, mask):
-        out, _ = self._forward(params, state, x, False, None)
-        logits, _ = split_outputs(out)
+        logits, _ = self.model.apply(params, state, x.astype(self.dtype), train=False)
         pred = jnp.argmax(logits, -1)
         sums = {"loss": jnp.sum(cross_entropy(logits, y) * mask),
                 "correct": jnp.sum((pred == y) * mask), "count": jnp.sum(mask)}

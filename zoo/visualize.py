@@ -290,59 +290,17 @@ def save_activation_grid(acts, path: str, *, max_maps: int = 64, min_tile: int =
     return _write_png(grid, path, max(1, math.ceil(min_tile / a.shape[0])))
 
 
-def _is_sequence(layer: nn.Layer) -> bool:
-    return layer.kind == "sequential" or (layer.kind.startswith("sequential")
-                                          and bool(layer.config.get("taps")))
-
-
-def truncate(layer: nn.Layer, path: Sequence[str], where=()) -> nn.Layer:
-    """The network up to and including the layer at ``path``, descending through
-    Sequentials; it takes the original params (unused entries are ignored)."""
-    if not path:
-        return layer
-    if not _is_sequence(layer):
-        raise ValueError(f"'{'/'.join(where) or '<network>'}' is a {layer.kind!r} layer; "
-                         f"activations can be taken at the layers of Sequentials only")
-    aux = set(layer.config.get("taps") or ())
-    names = [n for n, _ in layer.children if n not in aux]
-    if path[0] not in names:
-        raise ValueError(f"no layer {path[0]!r} in '{'/'.join(where) or '<network>'}'; "
-                         f"layers: {', '.join(names)}")
-    items = []
-    for name, child in layer.children:
-        if name in aux:
-            continue
-        if name == path[0]:
-            items.append((name, truncate(child, path[1:], where + (name,))))
-            break
-        items.append((name, child))
-    return nn.Sequential(items, scan=layer.config.get("scan", False))
-
-
 def layer_output(model, variables, x, layer: str):
     """The output of the layer named ``layer`` (``"conv1"``, ``"features/conv3_1"``,
     ``"layer2"``) for the input batch ``x`` (N, H, W, C), in eval mode."""
-    net = truncate(model.network, tuple(layer.split("/")))
+    net = nn.truncate(model.network, tuple(layer.split("/")))
     fn = xla.jit(lambda p, s, x: net.apply(p, s, x, policy=model.policy)[0])
     return fn(variables["params"], variables.get("state", {}), jnp.asarray(x))
 
 
 def layer_names(model) -> list[str]:
     """The paths :func:`layer_output` accepts."""
-    out = []
-
-    def visit(layer, path):
-        if not _is_sequence(layer):
-            return
-        aux = set(layer.config.get("taps") or ())
-        for name, child in layer.children:
-            if name in aux:
-                continue
-            out.append("/".join(path + (name,)))
-            visit(child, path + (name,))
-
-    visit(model.network, ())
-    return out
+    return nn.layer_names(model.network)
 
 
 # ----------------------------------------------------------------------------------------

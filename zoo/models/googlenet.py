@@ -38,31 +38,18 @@ Auxiliary classifiers (``aux_logits=True``; default ``False`` for both variants,
 5x5/3, 14x14 -> 4x4), ``conv`` 1x1 128 (+BN for torchvision) + ReLU, ``fc1`` 2048 -> 1024,
 ReLU, dropout 0.7, ``fc2`` -> classes. Their params live under ``aux1``/``aux2``.
 
-How aux logits come out. ``model.apply`` always returns ``(logits, new_state)`` with the
-main logits only and never runs the aux heads (as torchvision does in eval, and at no cost
-in train). Training code asks for them through the side channel :func:`apply_with_aux`,
-``(logits, {"aux1": ..., "aux2": ...}, new_state)`` (an empty dict for a model without aux
-heads, so one training loop serves every model); the aux heads run there in train and eval
-mode alike. The paper's loss adds the aux losses weighted by 0.3
-(:data:`AUX_LOSS_WEIGHT`, also ``model.network.config["aux_weight"]``)::
-
-    logits, aux, state = googlenet.apply_with_aux(model, params, state, x, train=True, rng=rng)
-    loss = xent(logits, y) + AUX_LOSS_WEIGHT * sum(xent(a, y) for a in aux.values())
-
-A network with aux heads is an :class:`AuxNetwork`: an ``nn.Layer`` of kind
-``"sequential_with_aux"`` whose ``children`` are the trunk then the heads, whose
-``config["taps"]`` maps each head to the trunk layer it reads, and which carries the
-``apply_with_aux`` function. Training through plain ``model.apply`` leaves the aux heads
-(and the aux BatchNorm statistics) untouched.
-
+``model.apply`` returns the main logits only and never runs the aux heads (as torchvision
+in eval, and at no cost in train); ``model.apply_with_aux`` also returns ``{"aux1", "aux2"}``
+(:func:`zoo.nn.WithSideHeads`). The paper's loss adds the aux losses weighted by 0.3, the
+model's ``aux_loss_weight``, which the trainer reads.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable
 
 from .. import nn
-from ..registry import Model, register
+from ..registry import register
 
 #: Table 1's branch widths: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
 INCEPTION = {
@@ -195,94 +182,8 @@ def build(variant: Variant, num_classes: int = 1000, aux_logits: bool = False) -
     if not aux_logits:
         return nn.Sequential(layers)
     heads = {name: aux_head(variant, num_classes) for name in AUX_TAPS}
-    return with_aux_heads(layers, heads, AUX_TAPS, aux_weight=AUX_LOSS_WEIGHT)
+    return nn.WithSideHeads(layers, heads, AUX_TAPS)
 
-
-# ----------------------------------------------------------------------------------------
-# A sequence of named layers with side heads (the aux classifiers).
-
-@dataclasses.dataclass(frozen=True)
-class AuxNetwork(nn.Layer):
-    """A trunk with auxiliary heads. ``apply`` is the trunk's (main output only);
-    ``apply_with_aux(params, state, x, *, train, rng) -> (y, {head: output}, new_state)``."""
-
-    apply_with_aux: Callable | None = None
-
-
-def with_aux_heads(layers, heads: Mapping[str, nn.Layer], taps: Mapping[str, str],
-                   aux_weight: float = AUX_LOSS_WEIGHT) -> AuxNetwork:
-    """``layers`` in sequence; head ``h`` reads the output of trunk layer ``taps[h]``.
-    Heads share the trunk's namespace: their params sit beside the trunk's."""
-    trunk = nn.Sequential(layers)
-    items = trunk.children
-    trunk_names = [name for name, _ in items]
-    for head, tap in taps.items():
-        if tap not in trunk_names:
-            raise ValueError(f"aux head {head!r} taps {tap!r}, which is not a trunk layer")
-    head_items = tuple((name, heads[name]) for name in taps)
-    nn.Sequential(items + head_items)  # checks names: unique, no '/'
-    at = {}
-    for name, layer in head_items:
-        at.setdefault(taps[name], []).append((name, layer))
-
-    def init(key, in_shape):
-        shape, params, state = in_shape, {}, {}
-
-        def child(name, layer, shape):
-            with nn.scope(name):
-                out, p, s = layer.init(nn.name_key(key, name), shape)
-            if p:
-                params[name] = p
-            if s:
-                state[name] = s
-            return out
-
-        for name, layer in items:
-            shape = child(name, layer, shape)
-            for head_name, head in at.get(name, ()):
-                with nn.side_branch():
-                    child(head_name, head, shape)
-        return shape, params, state
-
-    def apply_with_aux(params, state, x, *, train=False, rng=None, policy=None):
-        new_state, aux = dict(state), {}
-
-        def child(name, layer, x):
-            with nn.scope(name):
-                y, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
-                                   rng=nn.name_key(rng, name), policy=policy)
-            if s:
-                new_state[name] = s
-            return y
-
-        for name, layer in items:
-            x = child(name, layer, x)
-            for head_name, head in at.get(name, ()):
-                aux[head_name] = child(head_name, head, x)
-        return x, aux, new_state
-
-    return AuxNetwork(init, trunk.apply, "sequential_with_aux",
-                      dict(taps=dict(taps), aux_weight=aux_weight), items + head_items,
-                      apply_with_aux=apply_with_aux)
-
-
-def apply_with_aux(model, params, state, x, *, train=False, rng=None):
-    """``(logits, aux, new_state)`` for a :class:`~zoo.registry.Model` or a Layer; ``aux``
-    maps head names to their logits, ``{}`` when the network has no aux heads."""
-    policy = None
-    if isinstance(model, Model):
-        model._check_shape(tuple(x.shape))
-        network, policy = model.network, model.policy
-    else:
-        network = model
-    fn = getattr(network, "apply_with_aux", None)
-    if fn is None:
-        logits, new_state = network.apply(params, state, x, train=train, rng=rng, policy=policy)
-        return logits, {}, new_state
-    return fn(params, state, x, train=train, rng=rng, policy=policy)
-
-
-# ----------------------------------------------------------------------------------------
 
 def googlenet(num_classes: int = 1000, aux_logits: bool = False) -> nn.Layer:
     return build(TORCHVISION, num_classes, aux_logits)
@@ -294,12 +195,13 @@ def googlenet_2014(num_classes: int = 1000, aux_logits: bool = False) -> nn.Laye
 
 _PAPER_REF = "Szegedy et al., Going deeper with convolutions, CVPR 2015 (arXiv:1409.4842)"
 register("googlenet", googlenet, input_shape=(224, 224, 3), num_classes=1000, classifier="fc",
-         aux_logits=False, paper=_PAPER_REF, year=2014,
+         aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF, year=2014,
          deviations="torchvision's variant: BatchNorm (eps 1e-3) after every conv and no LRN; "
                     "the '5x5' branch is 3x3; maxpool4 is 2x2/2; global average pool, dropout "
                     "0.2; transform_input belongs to the pretrained weights, not the model")
 register("googlenet_2014", googlenet_2014, input_shape=(224, 224, 3), num_classes=1000,
-         classifier="fc", aux_logits=False, paper=_PAPER_REF, year=2014,
+         classifier="fc", aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF,
+         year=2014,
          mean=(123 / 255, 117 / 255, 104 / 255), std=(1 / 255,) * 3,
          deviations="layers the paper leaves open follow Caffe's bvlc_googlenet (LRN form, "
                     "ceil pooling, mean subtraction on 0-255 pixels); aux heads off by default")

@@ -89,31 +89,6 @@ def _bn():
     return nn.BatchNorm(eps=1e-5, momentum=0.1)
 
 
-def _chain(*layers: nn.Layer) -> nn.Layer:
-    """Combinators applied in order whose params and state share one namespace (no level
-    of their own). Used for a pre-activation unit whose BN-ReLU comes before the split:
-    ``block/bn1`` next to ``block/conv1`` and ``block/downsample``."""
-
-    def init(key, in_shape):
-        shape, params, state = in_shape, {}, {}
-        for layer in layers:
-            shape, p, s = layer.init(key, shape)
-            clash = (params.keys() & p.keys()) | (state.keys() & s.keys())
-            if clash:
-                raise ValueError(f"layer '{nn.current_path()}': names used twice: {sorted(clash)}")
-            params.update(p)
-            state.update(s)
-        return shape, params, state
-
-    def apply(params, state, x, *, train=False, rng=None, policy=None):
-        for layer in layers:  # each reads its children by name and returns the whole state
-            x, state = layer.apply(params, state, x, train=train, rng=rng, policy=policy)
-        return x, state
-
-    children = tuple(item for layer in layers for item in layer.children)
-    return nn.Layer(init, apply, "chain", {}, children)
-
-
 def _block(kind, width, stride, in_channels, preact, first) -> nn.Layer:
     """One residual unit. ``first``: the pre-activation net's ``layer1/0``, whose BN-ReLU is
     the stem's."""
@@ -137,7 +112,7 @@ def _block(kind, width, stride, in_channels, preact, first) -> nn.Layer:
     if first:
         return nn.Residual(body[2:], shortcut)
     if project:
-        return _chain(nn.Sequential(body[:2]), nn.Residual(body[2:], shortcut))
+        return nn.Chain(nn.Sequential(body[:2]), nn.Residual(body[2:], shortcut))
     return nn.Residual(body)
 
 
