@@ -15,6 +15,7 @@ import safetensors
 
 import zoo
 from zoo import checkpoint as ckpt
+from zoo import paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,12 +48,12 @@ def test_round_trip_paths_and_metadata(tmp_path):
     assert lmeta["model"] == "tiny" and lmeta["num_classes"] == 3
     assert lmeta["config"]["input_shape"] == [4, 4, 2]
     assert lmeta["mean"] == [0.5, 0.5] and lmeta["zoo_version"] == zoo.__version__
-    flat_a, flat_b = ckpt.flatten(variables), ckpt.flatten(loaded)
+    flat_a, flat_b = paths.flatten(variables), paths.flatten(loaded)
     assert flat_a.keys() == flat_b.keys()
     for k in flat_a:
         np.testing.assert_array_equal(np.asarray(flat_a[k]), flat_b[k])
         assert flat_b[k].dtype == np.asarray(flat_a[k]).dtype
-    restored = ckpt.load_into(variables, loaded)
+    restored = paths.load_into(variables, loaded)
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(variables)
 
 
@@ -63,7 +64,7 @@ def test_load_into_lists_mismatched_paths(tmp_path):
     # another class count: the classifier is mis-shaped, named with both shapes
     five, _ = zoo.create("lenet5", num_classes=5).abstract_init((1, 32, 32, 1))
     with pytest.raises(ValueError) as e:
-        ckpt.load_into(five, loaded)
+        paths.load_into(five, loaded)
     msg = str(e.value)
     assert "params/fc3/kernel: model (84, 5), loaded (84, 10)" in msg
     assert "params/fc3/bias: model (5,), loaded (10,)" in msg
@@ -71,11 +72,11 @@ def test_load_into_lists_mismatched_paths(tmp_path):
     # another architecture: missing and unexpected paths, with shapes
     other, _ = zoo.create("lenet5_1998").abstract_init((1, 32, 32, 1))
     with pytest.raises(ValueError) as e:
-        ckpt.load_into(other, loaded)
+        paths.load_into(other, loaded)
     msg = str(e.value)
     assert "missing     params/c1/kernel (5, 5, 1, 6)" in msg
     assert "unexpected  params/conv1/kernel (5, 5, 1, 6)" in msg
-    ok = ckpt.load_into(variables, loaded)
+    ok = paths.load_into(variables, loaded)
     np.testing.assert_array_equal(ok["params"]["fc3"]["kernel"], variables["params"]["fc3"]["kernel"])
 
 

@@ -22,6 +22,7 @@ import safetensors.numpy
 
 import zoo
 from zoo import checkpoint as ckpt
+from zoo import paths
 from zoo import pretrained as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ PARITY_POLICY = {True: zoo.ConvPolicy(winograd_min_tiles=0), False: zoo.ConvPoli
 
 
 def _flat(tree):
-    return {k: np.asarray(v) for k, v in ckpt.flatten(tree).items()}
+    return {k: np.asarray(v) for k, v in paths.flatten(tree).items()}
 
 
 def _assert_trees_equal(a, b):
@@ -59,7 +60,7 @@ def _random_variables(name, seed=0, input_shape=None, **config):
     abstract, _ = model.abstract_init(input_shape)
     rng = np.random.default_rng(seed)
     flat = {}
-    for k, v in ckpt.flatten(abstract).items():
+    for k, v in paths.flatten(abstract).items():
         leaf = k.rsplit("/", 1)[1]
         if leaf in ("mean", "bias"):
             value = 0.1 * rng.standard_normal(v.shape)
@@ -69,7 +70,7 @@ def _random_variables(name, seed=0, input_shape=None, **config):
             fan_in = int(np.prod(v.shape[:-1]))
             value = rng.standard_normal(v.shape) * np.sqrt(2.0 / fan_in)
         flat[k] = value.astype(np.float32)
-    return model, ckpt.unflatten(flat)
+    return model, paths.unflatten(flat)
 
 
 # ----------------------------------------------------------------------------------------

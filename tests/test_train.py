@@ -15,6 +15,7 @@ import pytest
 
 import zoo
 from zoo import checkpoint as ckpt
+from zoo import paths
 from zoo import data as zdata
 from zoo import nn
 from zoo import train as T
@@ -228,7 +229,7 @@ def test_freeze_keeps_params_and_bn_statistics_bit_identical(tmp_path):
     assert summary["completed"]
     init = model.init(jax.random.PRNGKey(0), (1, 8, 8, 1))   # run() initialises from seed 0
     flat = _latest_flat(out)
-    before = ckpt.flatten(init)
+    before = paths.flatten(init)
     for path in ("params/conv1/kernel", "params/conv1/bias", "params/bn1/scale",
                  "params/bn1/bias", "state/bn1/mean", "state/bn1/var"):
         np.testing.assert_array_equal(flat[path], np.asarray(before[path]), err_msg=path)
@@ -257,17 +258,17 @@ def test_freeze_pattern_matching_nothing_is_an_error():
     params = tiny_model().abstract_init()[0]["params"]
     with pytest.raises(T.ConfigError, match="matches no parameter.*conv1"):
         T.frozen_mask(params, ["layer9/*"])
-    mask = ckpt.flatten(T.frozen_mask(params, ["conv*", "fc/bias"]))
+    mask = paths.flatten(T.frozen_mask(params, ["conv*", "fc/bias"]))
     assert mask["conv1/kernel"] and mask["conv2/bias"] and mask["fc/bias"]
     assert not mask["fc/kernel"] and not mask["bn1/scale"]
 
 
 def test_optimizer_groups_decay_mask_and_backbone_lr():
     params = tiny_model().abstract_init()[0]["params"]
-    decay = ckpt.flatten(T.decay_mask(params))
+    decay = paths.flatten(T.decay_mask(params))
     assert decay["conv1/kernel"] and decay["fc/kernel"]
     assert not decay["conv1/bias"] and not decay["bn1/scale"] and not decay["bn1/bias"]
-    labels = ckpt.flatten(T.param_labels(params, "fc", T.frozen_mask(params, ["conv1"])))
+    labels = paths.flatten(T.param_labels(params, "fc", T.frozen_mask(params, ["conv1"])))
     assert labels["fc/kernel"] == "head" and labels["conv1/kernel"] == "frozen"
     assert labels["bn2/scale"] == "backbone"
     # backbone lr scale: one SGD step moves the backbone by exactly scale x the head's rate

@@ -14,9 +14,9 @@ and fsync'ed, then renamed over the target with :func:`os.replace` (atomic on PO
 Windows) and the directory is fsync'ed. A save interrupted at any point leaves the previous
 file intact; stray ``.tmp-*`` files are ignored and cleaned up by :class:`CheckpointManager`.
 
-**Loading into a model.** :func:`load_into` matches a loaded flat dict against a template
-pytree (e.g. ``model.init(...)`` or ``jax.eval_shape`` of it) path by path, and fails with
-a ``ValueError`` listing every missing, unexpected and mis-shaped path with its shapes.
+**Loading into a model.** :func:`zoo.paths.load_into` matches a loaded flat dict against a
+template pytree (e.g. ``model.init(...)`` or ``jax.eval_shape`` of it) path by path, and
+fails with a ``ValueError`` listing every missing, unexpected and mis-shaped path.
 """
 from __future__ import annotations
 
@@ -32,96 +32,11 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from .paths import flatten, load_into, unflatten
+
 WEIGHTS_FORMAT = "zoo-weights/1"
 TRAIN_FORMAT = "zoo-train/1"
 SUFFIX = ".safetensors"
-
-
-# ----------------------------------------------------------------------------------------
-# Paths.
-
-def _key_name(k) -> str:
-    tu = jax.tree_util
-    if isinstance(k, tu.DictKey):
-        return str(k.key)
-    if isinstance(k, tu.SequenceKey):
-        return str(k.idx)
-    if isinstance(k, tu.GetAttrKey):
-        return str(k.name)
-    if isinstance(k, tu.FlattenedIndexKey):
-        return str(k.key)
-    return str(k)
-
-
-def path_str(path) -> str:
-    """A ``jax.tree_util`` key path as ``a/b/0/mu``."""
-    return "/".join(_key_name(k) for k in path)
-
-
-def flatten(tree, prefix: str = "") -> dict[str, Any]:
-    """``{"a/b/c": leaf}`` for every leaf of ``tree`` (dicts, lists, tuples, namedtuples,
-    registered dataclasses such as optax states)."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = path_str(path)
-        name = f"{prefix}/{name}" if prefix and name else (prefix or name)
-        if name in flat:
-            raise ValueError(f"two leaves flatten to the same path {name!r}")
-        flat[name] = leaf
-    return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    """Nested dicts from ``{"a/b/c": leaf}`` (the inverse of :func:`flatten` for dict trees)."""
-    tree: dict = {}
-    for name, leaf in flat.items():
-        node = tree
-        *parents, last = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"path {name!r} runs through a leaf")
-        node[last] = leaf
-    return tree
-
-
-def _shape(x) -> tuple:
-    shape = getattr(x, "shape", None)
-    return tuple(shape) if shape is not None else tuple(np.shape(x))
-
-
-def load_into(template, loaded: Mapping[str, Any], *, what: str = "checkpoint",
-              prefix: str = "", cast: bool = True):
-    """``loaded`` (flat ``path -> array``, or a nested dict) restored into ``template``'s
-    structure. Every template leaf must be filled with the same shape and every loaded path
-    used; otherwise a ``ValueError`` lists the missing, unexpected and mis-shaped paths.
-    Leaves are cast to the template's dtype when ``cast``."""
-    if loaded and not all(isinstance(k, str) and not isinstance(v, Mapping)
-                          for k, v in loaded.items()):
-        loaded = flatten(loaded)
-    if prefix:
-        loaded = {k[len(prefix) + 1:]: v for k, v in loaded.items() if k.startswith(prefix + "/")}
-    items, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [path_str(p) for p, _ in items]
-    missing = [n for n in names if n not in loaded]
-    unexpected = sorted(set(loaded) - set(names))
-    misshaped = [(n, _shape(t), _shape(loaded[n])) for n, (_, t) in zip(names, items)
-                 if n in loaded and _shape(t) != _shape(loaded[n])]
-    if missing or unexpected or misshaped:
-        lines = [f"{what} does not match the model"
-                 f" ({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped):"]
-        tshapes = {n: _shape(t) for n, (_, t) in zip(names, items)}
-        lines += [f"  missing     {n} {tshapes[n]}" for n in missing]
-        lines += [f"  unexpected  {n} {_shape(loaded[n])}" for n in unexpected]
-        lines += [f"  mis-shaped  {n}: model {a}, loaded {b}" for n, a, b in misshaped]
-        raise ValueError("\n".join(lines))
-    leaves = []
-    for n, (_, t) in zip(names, items):
-        v = loaded[n]
-        if cast and hasattr(t, "dtype"):
-            v = np.asarray(v).astype(t.dtype, copy=False)
-        leaves.append(v)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # ----------------------------------------------------------------------------------------
@@ -136,11 +51,12 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(jax.device_get(x), order="C")
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with NumPy scalars and arrays, tuples and other values made JSON types."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.generic,)):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -200,7 +116,7 @@ def save_flat(path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | No
               *, fmt: str = WEIGHTS_FORMAT) -> str:
     """Atomically write ``path -> array`` and JSON ``metadata`` as one safetensors file."""
     arrays = {k: _to_numpy(v) for k, v in tensors.items()}
-    header = {"format": fmt, "zoo": json.dumps(_jsonable(dict(metadata or {})), sort_keys=True)}
+    header = {"format": fmt, "zoo": json.dumps(jsonable(dict(metadata or {})), sort_keys=True)}
     atomic_write_bytes(path, safetensors.numpy.save(arrays, metadata=header))
     return os.fspath(path)
 

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
+from . import nn, paths
 from .kernels import xla
 from .registry import Model
 
@@ -175,38 +175,6 @@ def _input_shapes(leaves, in_shape):
     return shapes
 
 
-def _get(tree, path):
-    for name in path:
-        if not isinstance(tree, Mapping) or name not in tree:
-            return None
-        tree = tree[name]
-    return tree
-
-
-def _set(tree, path, value):
-    """A copy of nested dict ``tree`` with ``path`` set (``value=None``: removed)."""
-    if not path:
-        return value
-    tree = dict(tree)
-    head, rest = path[0], path[1:]
-    if not rest:
-        if value is None:
-            tree.pop(head, None)
-        else:
-            tree[head] = value
-    elif head in tree:
-        sub = _set(tree[head], rest, value)
-        if sub:
-            tree[head] = sub
-        else:
-            tree.pop(head)
-    return tree
-
-
-def _shape_tree(tree):
-    return jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree)
-
-
 # ----------------------------------------------------------------------------------------
 # Conversion.
 
@@ -330,9 +298,9 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
     shape = (1, *shape[1:])
     expected, _ = model.abstract_init(shape)
     for part in ("params", "state"):
-        want, got = _shape_tree(expected[part]), _shape_tree(variables.get(part, {}))
+        want, got = paths.shape_tree(expected[part]), paths.shape_tree(variables.get(part, {}))
         if want != got:
-            bad = _diff_paths(want, got)
+            bad = paths.diff(want, got)
             raise ValueError(f"{model.name}: the variables do not match the model at input "
                              f"{shape[1]}x{shape[2]} ({part} differ at {bad[:5]}); pass the "
                              f"input_shape they were initialised for")
@@ -342,9 +310,9 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
     params, state = variables["params"], variables.get("state", {})
     for path, new in plan.replace.items():
         if new is None:
-            params, state = _set(params, path, None), _set(state, path, None)
+            params, state = paths.set_path(params, path, None), paths.set_path(state, path, None)
     for path, fn in plan.transforms.items():
-        params = _set(params, path, fn(_get(params, path)))
+        params = paths.set_path(params, path, fn(paths.get(params, path)))
 
     cfg = dict(model.config, fully_conv=True)
     box = {}
@@ -357,27 +325,15 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
 
     abstract = jax.eval_shape(geometry, jax.random.key(0))
     for part, tree in (("params", params), ("state", state)):
-        if _shape_tree(abstract[part]) != _shape_tree(tree):
+        if paths.shape_tree(abstract[part]) != paths.shape_tree(tree):
             raise AssertionError(f"{model.name}: converted {part} do not match the converted "
-                                 f"network: {_diff_paths(_shape_tree(abstract[part]), _shape_tree(tree))[:5]}")
+                                 f"network: {paths.diff(paths.shape_tree(abstract[part]), paths.shape_tree(tree))[:5]}")
     fcn = FullyConvModel(network, cfg, model.policy, stride=int(box["stride"]),
                          receptive_field=int(box["rf"]), train_size=tuple(shape[1:3]),
                          head=plan.head, changes=tuple(plan.changes),
                          head_convs=tuple("/".join(p) for p in plan.transforms),
                          trunk_size=plan.trunk_size, source=model)
     return fcn, {"params": params, "state": state}
-
-
-def _diff_paths(a, b, path=""):
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{path}/{k}".lstrip("/"))
-            else:
-                out += _diff_paths(a[k], b[k], f"{path}/{k}")
-        return out
-    return [] if a == b else [f"{path.lstrip('/')}: {a} vs {b}"]
 
 
 # ----------------------------------------------------------------------------------------

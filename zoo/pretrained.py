@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import nn
+from . import nn, paths
 from .registry import DESCRIPTIVE_KEYS, IMAGENET_MEAN, IMAGENET_STD, Model, create, get_config
 
 __all__ = [
@@ -548,7 +548,7 @@ def _build_mapping(model: Model, input_shape=None) -> _Mapping:
     shape = tuple(input_shape) if input_shape is not None else model.default_input_shape()
     with nn.recording() as rec:
         abstract, _ = model.abstract_init(shape)
-    flat = ckpt.flatten(abstract)
+    flat = paths.flatten(abstract)
     top = _top_level_names(model)
     dense_channels = _flatten_channels(rec.rows)
     keys, shapes, dtypes, channels = {}, {}, {}, {}
@@ -581,7 +581,7 @@ def to_torchvision_state_dict(model: Model | str, variables: Mapping, *,
     PyTorch (``torch.from_numpy``) or writing with ``safetensors.numpy.save_file``."""
     model = create(model) if isinstance(model, str) else model
     m = _build_mapping(model, input_shape)
-    flat = ckpt.flatten({"params": variables["params"], "state": variables.get("state", {})})
+    flat = paths.flatten({"params": variables["params"], "state": variables.get("state", {})})
     out = {}
     for path, key in m.keys.items():
         value = np.asarray(flat[path], np.float32)
@@ -629,7 +629,7 @@ def convert_state_dict(model: Model, state_dict: Mapping[str, np.ndarray], *, in
     for path, key in m.keys.items():
         value = _convert(np.asarray(state_dict[key]), len(m.shapes[path]), m.channels.get(path))
         flat[path] = value.astype(m.dtypes[path], copy=False)
-    return ckpt.load_into(m.template, flat, what=what)
+    return paths.load_into(m.template, flat, what=what)
 
 
 def load_torchvision(name: str | Model, path: str, *, input_shape=None, **config) -> dict:
@@ -752,7 +752,7 @@ def _load_source(source: _Source, model: Model | None = None, input_shape=None,
             model = create(source.model, **overrides)
         shape = input_shape or (1, *meta.get("input_shape", model.config["input_shape"]))
         abstract, _ = model.abstract_init(tuple(shape))
-        return model, ckpt.load_into(abstract, variables, what=f"weights {source.path}")
+        return model, paths.load_into(abstract, variables, what=f"weights {source.path}")
     state_dict = read_state_dict(source.path)
     if model is None:
         classes = _torchvision_classes(source.model, state_dict) or source.num_classes
@@ -823,25 +823,20 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
              if k not in DESCRIPTIVE_KEYS and k != "num_classes"}
     source_model, loaded = _load_source(source, None, None, extra)
 
-    tflat, lflat = ckpt.flatten(template), ckpt.flatten(loaded)
     src_classes = int(source_model.config["num_classes"])
     dst_classes = int(model.config["num_classes"])
-    reinit = []
-    if src_classes != dst_classes:
-        roots = _classifier_paths(model)
-        reinit = [p for p in tflat if any(p.startswith(r + "/") for r in roots)]
-        for p in reinit:
-            lflat[p] = tflat[p]
     label = source.spec.tag if source.spec else os.path.basename(source.path)
-    merged = ckpt.load_into(template, lflat, what=f"pretrained {label} for {model.name}")
+    merged, reinit = paths.merge(loaded, template, what=f"pretrained {label} for {model.name}",
+                                 skip=_classifier_paths(model) if src_classes != dst_classes else ())
     merged = jax.device_put(merged)
+    total = len(paths.flatten(template))
     if reinit:
         layers = sorted({p.split("/", 1)[1].rsplit("/", 1)[0] for p in reinit})
         message = (f"pretrained {label}: {src_classes} classes, the model {dst_classes}: "
                    f"re-initialised the classifier ({', '.join(layers)}); all other "
-                   f"{len(tflat) - len(reinit)} tensors loaded")
+                   f"{total - len(reinit)} tensors loaded")
     else:
-        message = f"pretrained {label}: all {len(tflat)} tensors loaded"
+        message = f"pretrained {label}: all {total} tensors loaded"
     if log is not None:
         log(message)
     return merged, {"message": message, "mean": tuple(source.transforms.mean),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fnmatch
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
+from . import paths
 from . import registry
 from .kernels import xla
 from .nn import count_params
@@ -137,7 +137,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         if not isinstance(d["dataset"], (str, os.PathLike)):
             d["dataset"] = "arrays"
-        return ckpt._jsonable(d)
+        return ckpt.jsonable(d)
 
 
 def as_config(config=None, **overrides) -> TrainConfig:
@@ -174,56 +174,33 @@ class TrainState:
 # ----------------------------------------------------------------------------------------
 # Paths, masks, optimizer.
 
-def param_paths(params) -> list[str]:
-    return list(ckpt.flatten(params))
-
-
-def _prefixes(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def matches(path: str, patterns: Iterable[str]) -> bool:
-    """``fnmatch`` of ``path`` or any of its parent layers (``conv1`` matches
-    ``conv1/kernel``; ``layer1/*`` matches everything under ``layer1``)."""
-    return any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in _prefixes(path))
-
-
-def _tree_of(params, fn):
-    return jax.tree_util.tree_map_with_path(lambda path, x: fn(ckpt.path_str(path), x), params)
-
-
 def frozen_mask(params, patterns: Sequence[str]):
-    """Pytree of Python bools: which params the ``--freeze`` patterns select. A pattern
-    that selects nothing is an error listing the layers."""
-    patterns = tuple(patterns or ())
-    paths = param_paths(params)
-    for pat in patterns:
-        if not any(matches(p, [pat]) for p in paths):
-            layers = sorted({p.split("/")[0] for p in paths})
-            raise ConfigError(f"--freeze {pat!r} matches no parameter; top-level layers: "
-                              f"{', '.join(layers)} (params look like {paths[0]!r})")
-    return _tree_of(params, lambda p, _: matches(p, patterns))
+    """Pytree of Python bools: which params the ``--freeze`` patterns select
+    (:func:`zoo.paths.mask`). A pattern that selects nothing is a :class:`ConfigError`."""
+    try:
+        return paths.mask(params, patterns, what="--freeze", noun="parameter")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def frozen_state_mask(state, params, patterns: Sequence[str]):
     """BN statistics frozen with their layer: a state leaf ``L/mean`` is frozen when every
     param of layer ``L`` is frozen (or, for a layer without params, when ``L`` matches)."""
-    frozen = {p for p, f in ckpt.flatten(frozen_mask(params, patterns)).items() if f}
-    all_params = param_paths(params)
+    frozen = {p for p, f in paths.flatten(frozen_mask(params, patterns)).items() if f}
+    all_params = list(paths.flatten(params))
 
     def is_frozen(path, _):
         layer = path.rsplit("/", 1)[0] if "/" in path else path
         own = [p for p in all_params if p.startswith(layer + "/")]
-        return all(p in frozen for p in own) if own else matches(path, patterns)
+        return all(p in frozen for p in own) if own else paths.matches(path, patterns)
 
-    return _tree_of(state, is_frozen)
+    return paths.map_with_paths(state, is_frozen)
 
 
 def decay_mask(params):
     """Weight decay on kernels only: not on leaves named ``bias``/``scale`` (biases, BN),
     nor on any 0/1-D leaf (per-channel gains such as LeNet-5's subsampling coefficients)."""
-    return _tree_of(params, lambda p, x: p.rsplit("/", 1)[-1] not in NO_DECAY_NAMES
+    return paths.map_with_paths(params, lambda p, x: p.rsplit("/", 1)[-1] not in NO_DECAY_NAMES
                     and len(getattr(x, "shape", ())) > 1)
 
 
@@ -271,7 +248,7 @@ def _base_optimizer(cfg: TrainConfig, schedule) -> optax.GradientTransformation:
 
 def param_labels(params, classifier: str | None, frozen) -> Any:
     """``"frozen"``, ``"head"`` (under the model's classifier) or ``"backbone"`` per param."""
-    flat_frozen = ckpt.flatten(frozen)
+    flat_frozen = paths.flatten(frozen)
 
     def label(path, _):
         if flat_frozen.get(path):
@@ -280,7 +257,7 @@ def param_labels(params, classifier: str | None, frozen) -> Any:
             return "head"
         return "backbone"
 
-    return _tree_of(params, label)
+    return paths.map_with_paths(params, label)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, params=None, *,
@@ -717,7 +694,7 @@ def _resume_config(cfg: TrainConfig, given: Iterable[str] = ()) -> TrainConfig:
     with open(path) as f:
         saved = json.load(f)["settings"]
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES and k not in ("resume", "output_dir")
-                     and ckpt._jsonable(getattr(cfg, k)) != saved.get(k))
+                     and ckpt.jsonable(getattr(cfg, k)) != saved.get(k))
     if changed:
         raise ConfigError(f"--resume {run_dir}: cannot change {', '.join(changed)} of a run; "
                           f"only {', '.join(RESUME_OVERRIDES)} may change")
@@ -886,8 +863,8 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
             os.makedirs(run_dir, exist_ok=True)
             _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), [])
     if _is_main():
-        resolved = {"settings": cfg.to_json(), "model_config": ckpt._jsonable(dict(model.config)),
-                    "resolved": ckpt._jsonable({
+        resolved = {"settings": cfg.to_json(), "model_config": ckpt.jsonable(dict(model.config)),
+                    "resolved": ckpt.jsonable({
                         "output_dir": run_dir, "image_shape": setup["image_shape"],
                         "num_classes": setup["num_classes"], "class_names": train_all.class_names,
                         "mean": mean, "std": std, "train_size": len(train_all),
@@ -973,7 +950,7 @@ def load_run(run_dir: str, checkpoint: str | None = None):
     except ValueError as e:
         raise ConfigError(f"{path}: cannot rebuild model {name!r}: {e}") from e
     abstract, _ = model.abstract_init((1, *meta["input_shape"]))
-    variables = ckpt.load_into(abstract, variables, what=f"checkpoint {path}")
+    variables = paths.load_into(abstract, variables, what=f"checkpoint {path}")
     meta["path"] = path
     return model, variables, meta
 
