@@ -111,7 +111,9 @@ def run_fully_conv(args) -> int:
             names, config = info["class_names"], dict(model.config)
             if info.get("transforms") is not None:
                 config["mean"], config["std"] = info["transforms"].mean, info["transforms"].std
-        image = V.load_image(args.image)
+        from zoo import images
+
+        image = images.load_image(args.image)
         stem = os.path.splitext(os.path.basename(args.image))[0]
         out = args.output or f"{stem}_{model.name}_fully_conv.png"
         report = V.score_map_report(

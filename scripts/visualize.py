@@ -63,13 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model(args, input_shape=None):
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     return V.load_model(args.model, args.weights, seed=args.seed, input_shape=input_shape)
 
 
 def run_filters(args) -> int:
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     model, variables, _, _ = _model(args)
     path, kernel = V.first_conv(model, variables["params"])
@@ -77,6 +77,13 @@ def run_filters(args) -> int:
     print(f"{args.model} {path}: {kernel.shape[3]} filters of {kernel.shape[0]}x{kernel.shape[1]}"
           f"x{kernel.shape[2]} -> {args.out}")
     return 0
+
+
+def _prepare(image, config, size, invert=False):
+    from zoo import images
+
+    return images.prepare(image, channels=config["input_shape"][-1], mean=config["mean"],
+                          std=config["std"], size=size, invert=invert)
 
 
 def _centre_crop(x, h, w):
@@ -87,12 +94,12 @@ def _centre_crop(x, h, w):
 def run_activations(args) -> int:
     import numpy as np
 
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     model, variables, _, config = _model(args)
     th, tw, _ = model.config["input_shape"]
     size = args.size or th
-    x = V.prepare_image(V.load_image(args.image), config, size, invert=args.invert)
+    x = _prepare(images.load_image(args.image), config, size, invert=args.invert)
     x = _centre_crop(x, max(size, th), max(size, tw)) if args.size is None else x
     try:
         acts = V.layer_output(model, variables, x[None], args.layer)
@@ -110,11 +117,11 @@ def run_activations(args) -> int:
 
 
 def run_scoremap(args) -> int:
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     model, variables, names, config = _model(args)
     scales = tuple(float(s) for s in args.scales.split(","))
-    r = V.score_map_report(model, variables, V.load_image(args.image), args.out, config=config,
+    r = V.score_map_report(model, variables, images.load_image(args.image), args.out, config=config,
                            size=args.size, stride=args.stride, scales=scales, cls=args.cls,
                            class_names=names, invert=args.invert,
                            title=f"{args.model} ({args.weights} weights), fully convolutional")
@@ -144,7 +151,7 @@ def _digits_lenet(tag: str, log):
 
     import zoo
     from zoo import data
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     try:
         model, variables, names, config = V.load_model("lenet5", tag)
@@ -210,7 +217,7 @@ def run_docs(args) -> int:
 
     import zoo
     from zoo import fully_conv
-    from zoo import visualize as V
+    from zoo import images, visualize as V
 
     out = os.path.abspath(args.out_dir)
     os.makedirs(out, exist_ok=True)
@@ -221,7 +228,7 @@ def run_docs(args) -> int:
     model, variables, config, what = _digits_lenet(args.lenet_weights, log)
     canvas, placed = _digit_canvas()
     fcn, fvars = fully_conv.convert(model, variables)
-    x = V.prepare_image(canvas, config, None)
+    x = _prepare(canvas, config, None)
     for stride in (4, 2):
         sm = fully_conv.score_map(fcn, fvars, x, stride=stride)
         path = os.path.join(out, f"fcn_digits_stride{stride}.png")
@@ -243,7 +250,7 @@ def run_docs(args) -> int:
 
     # 2. A photo through a converted ImageNet net. Random weights unless imported weights
     #    are cached: the picture then shows the geometry (map size, stride), not classes.
-    photo = V.load_image("chelsea")
+    photo = images.load_image("chelsea")
     for name, weights in (("vgg16", "vgg16.tv_in1k"), ("alexnet", "alexnet.tv_in1k")):
         try:
             model, variables, names, config = V.load_model(name, weights)
@@ -256,7 +263,7 @@ def run_docs(args) -> int:
                                    title=f"vgg16 ({weights} weights) on chelsea, shorter side 384")
             print_report(r)
         layer = "conv1_1" if name == "vgg16" else "conv1"
-        xx = V.prepare_image(photo, config, 224)
+        xx = _prepare(photo, config, 224)
         xx = _centre_crop(xx, 224, 224)
         acts = np.asarray(V.layer_output(model, variables, xx[None], layer))[0]
         path = os.path.join(out, f"activations_{name}_{layer}.png")

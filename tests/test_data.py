@@ -66,37 +66,6 @@ def test_digits_split_is_deterministic_per_seed(digits):
     assert fraction[1].split == "val"
 
 
-# ---- fitting images to the model ---------------------------------------------------------
-
-def test_fit_pads_resizes_and_converts_channels():
-    rng = np.random.default_rng(0)
-    mnist_like = rng.integers(1, 256, size=(4, 28, 28, 1), dtype=np.uint8)
-    padded = data.fit_images(mnist_like, (32, 32, 1))     # LeNet's 32x32 field: pad 2 px
-    assert padded.dtype == np.uint8 and padded.shape == (4, 32, 32, 1)
-    np.testing.assert_array_equal(padded[:, 2:30, 2:30], mnist_like)
-    assert padded[:, :2].max() == 0 and padded[:, :, 30:].max() == 0
-
-    # A constant image stays constant through any resize; a wide one is centre-cropped.
-    wide = np.zeros((1, 20, 40, 3), np.uint8)
-    wide[:, :, 10:30] = 200
-    out = data.fit_images(wide, (32, 32, 3))
-    assert out.shape == (1, 32, 32, 3)
-    assert out[0, :, 4:28].min() == 200 and out.max() == 200   # the centre 20 columns fill it
-
-    # The NumPy matrix path and the Pillow path implement the same filter.
-    floats = rng.random((3, 24, 30, 2), dtype=np.float32)
-    for size in ((64, 64), (10, 12)):
-        batch = data._resize_batch(floats, *size)
-        for i in range(3):
-            np.testing.assert_allclose(batch[i], data._resize_pil(floats[i], *size), atol=2e-5)
-
-    rgb = rng.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
-    gray = data.fit_images(rgb, (16, 16, 1))
-    luma = rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
-    assert np.abs(gray[..., 0] - luma).max() <= 0.5 + 1e-6
-    np.testing.assert_array_equal(data.fit_images(gray, (16, 16, 3)), np.repeat(gray, 3, -1))
-
-
 # ---- batches --------------------------------------------------------------------------
 
 def test_batches_deterministic_per_seed_and_epoch(digits):

@@ -13,7 +13,7 @@ import pytest
 
 import zoo
 from zoo import fully_conv as fc
-from zoo import nn
+from zoo import images, nn
 from zoo.registry import Model
 
 ALL = zoo.list_models()
@@ -424,10 +424,11 @@ def test_score_map_png(tmp_path):
     from zoo import visualize as V
 
     _, _, fcn, fvars = converted("lenet5", lambda: zoo.create("lenet5"))
-    photo = V.load_image("coffee")
-    x = V.prepare_image(photo, fcn.config, 48)
+    photo = images.load_image("coffee")
+    mean, std = fcn.config["mean"], fcn.config["std"]
+    x = images.prepare(photo, channels=1, mean=mean, std=std, size=48)
     sm = fc.score_map(fcn, fvars, x, stride=2)
-    path = V.save_score_map(V.display_image(x, fcn.config), sm.scores, str(tmp_path / "map.png"),
+    path = V.save_score_map(images.display(x, mean, std), sm.scores, str(tmp_path / "map.png"),
                             stride=sm.stride, train_size=fcn.train_size, size_inches=(8, 4),
                             dpi=50, top=4)
     _png(path, (400, 200))
@@ -444,7 +445,8 @@ def test_filter_and_activation_pngs(tmp_path):
     _png(V.save_filter_grid(kernel, str(tmp_path / "f.png"), scale=8), (19 * 8, 13 * 8))
     rgb = jax.random.normal(jax.random.key(0), (11, 11, 3, 10))
     assert V.filter_grid(rgb).shape == (3 * 12 + 1, 4 * 12 + 1, 3)
-    x = V.prepare_image(V.load_image("astronaut"), model.config, 32)[:32, :32]
+    x = images.prepare(images.load_image("astronaut"), channels=1, mean=model.config["mean"],
+                       std=model.config["std"], size=32)[:32, :32]
     acts = V.layer_output(model, variables, x[None], "pool1")
     assert acts.shape == (1, 14, 14, 6)
     _png(V.save_activation_grid(acts[0], str(tmp_path / "a.png"), min_tile=28),

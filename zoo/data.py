@@ -61,6 +61,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .images import as_image_array, check_image_shape, fit_image, fit_images
+
 __all__ = ["Dataset", "DataError", "DATASET_CHOICES", "TFDS_DATASETS", "load", "batches",
            "steps_per_epoch", "check_batch_size", "fit_image", "fit_images", "stratified_split"]
 
@@ -128,161 +130,7 @@ TFDS_DATASETS: dict[str, str] = {
 DATASET_CHOICES: list[str] = ["digits", *TFDS_DATASETS]
 
 _TFDS_PREFIX = "tfds:"
-_DENSE_RESIZE_MAX = 64   # sources up to this size are resized by dense matrix products
 _READ_CHUNK = 1024
-
-
-# --------------------------------------------------------------------------------------
-# Fitting images to the model's input
-# --------------------------------------------------------------------------------------
-
-def _check_image_shape(image_shape) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(s) for s in image_shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise DataError(f"image_shape must be (height, width, channels) with positive sizes, "
-                        f"got {image_shape!r}")
-    return shape
-
-
-def _pads_to(h: int, w: int, height: int, width: int) -> bool:
-    """Whether an h x w image is zero-padded (not resized) into height x width."""
-    return 0 <= height - h <= height // 8 and 0 <= width - w <= width // 8
-
-
-def _convert_channels(image: np.ndarray, channels: int, what: str) -> np.ndarray:
-    """(..., c) -> (..., channels): gray <-> RGB, RGBA -> RGB or gray; others must match."""
-    c = image.shape[-1]
-    if c == channels:
-        return image
-    if c == 4 and channels in (1, 3):   # RGBA: drop alpha
-        image, c = image[..., :3], 3
-        if channels == 3:
-            return image
-    if c == 1 and channels == 3:
-        return np.repeat(image, 3, axis=-1)
-    if c == 3 and channels == 1:
-        luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if image.dtype == np.uint8:
-            luma = np.clip(np.rint(luma), 0, 255).astype(np.uint8)
-        return luma[..., None]
-    raise DataError(f"{what}: cannot convert {c}-channel images to the model's {channels} "
-                    "channel(s) (only grayscale, RGB and RGBA are converted)")
-
-
-def _resample_matrix(n_in: int, n_out: int, lo: float, hi: float) -> np.ndarray:
-    """(n_out, n_in) weights of a bilinear (triangle) filter mapping the source interval
-    [lo, hi) onto n_out pixels; when shrinking the filter widens by the scale factor
-    (antialiasing). Rows are normalised, so borders renormalise over the pixels inside."""
-    scale = (hi - lo) / n_out
-    width = max(scale, 1.0)
-    centers = lo + (np.arange(n_out) + 0.5) * scale
-    distance = (np.arange(n_in) + 0.5)[None, :] - centers[:, None]
-    weights = np.maximum(0.0, 1.0 - np.abs(distance) / width)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _cover_box(h: int, w: int, height: int, width: int) -> tuple[float, float, float, float]:
-    """The centred (top, left, bottom, right) source box with the target's aspect ratio:
-    resizing it to the target = resize to cover the target, then centre-crop."""
-    scale = max(height / h, width / w)
-    box_h, box_w = height / scale, width / scale
-    return (h - box_h) / 2, (w - box_w) / 2, (h + box_h) / 2, (w + box_w) / 2
-
-
-def _resize_batch(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize-to-cover + centre-crop of a batch (N, h, w, c), as two small matrix products
-    per chunk; the dtype is kept (uint8 is rounded)."""
-    n, h, w, c = images.shape
-    top, left, bottom, right = _cover_box(h, w, height, width)
-    rows = _resample_matrix(h, height, top, bottom)
-    cols = _resample_matrix(w, width, left, right)
-    out = np.empty((n, height, width, c), images.dtype)
-    for i in range(0, n, 256):
-        x = images[i:i + 256].astype(np.float32)
-        y = np.tensordot(np.tensordot(x, rows, axes=([1], [1])), cols, axes=([1], [1]))
-        y = y.transpose(0, 2, 3, 1)                       # (n, c, H, W) -> (n, H, W, c)
-        if images.dtype == np.uint8:
-            y = np.clip(np.rint(y), 0, 255)
-        out[i:i + 256] = y
-    return out
-
-
-def _resize_pil(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The same resize for one large image, through Pillow (whose bilinear filter is the
-    same triangle, widened when shrinking, evaluated only where it is non-zero)."""
-    from PIL import Image
-
-    h, w, c = image.shape
-    top, left, bottom, right = _cover_box(h, w, height, width)
-    mode, dtype = ("L", np.uint8) if image.dtype == np.uint8 else ("F", np.float32)
-    out = np.empty((height, width, c), image.dtype)
-    for k in range(c):
-        plane = Image.fromarray(np.ascontiguousarray(image[..., k], dtype=dtype), mode)
-        out[..., k] = np.asarray(plane.resize((width, height), Image.BILINEAR,
-                                              box=(left, top, right, bottom)))
-    return out
-
-
-def fit_images(images: np.ndarray, image_shape: Sequence[int], *, what: str = "images"
-               ) -> np.ndarray:
-    """Fit a batch (N, h, w, c) of uint8 or float32-in-[0, 1] images to ``image_shape``
-    (H, W, C); the dtype is kept.
-
-    Channels are converted gray <-> RGB. Images smaller than the target by at most 1/8 of
-    its size on each axis are zero-padded, centred; others are resized bilinearly
-    (antialiased when shrinking) to cover the target with their aspect ratio kept, then
-    centre-cropped. Small sources (at most 64 pixels a side: digits, MNIST, CIFAR) are
-    resized as a batch by two NumPy matrix products; larger ones image by image through
-    Pillow, which applies the same filter only where it is non-zero."""
-    height, width, channels = _check_image_shape(image_shape)
-    if images.ndim != 4 or min(images.shape[1:]) < 1:
-        hint = (" (for grayscale images add a channel axis: images[..., None])"
-                if images.ndim == 3 else "")
-        raise DataError(f"{what}: expected a 4-D array (N, H, W, C) of non-empty images, "
-                        f"got shape {images.shape}{hint}")
-    images = _convert_channels(images, channels, what)
-    n, h, w, _ = images.shape
-    if _pads_to(h, w, height, width):
-        top, left = (height - h) // 2, (width - w) // 2
-        return np.pad(images, ((0, 0), (top, height - h - top), (left, width - w - left),
-                               (0, 0)))
-    if max(h, w) <= _DENSE_RESIZE_MAX:
-        return _resize_batch(images, height, width)
-    out = np.empty((n, height, width, channels), images.dtype)
-    for i in range(n):
-        out[i] = _resize_pil(images[i], height, width)
-    return out
-
-
-def fit_image(image: np.ndarray, image_shape: Sequence[int], *, what: str = "image"
-              ) -> np.ndarray:
-    """:func:`fit_images` for one (h, w, c) image."""
-    if image.ndim != 3:
-        raise DataError(f"{what}: expected an (H, W, C) image, got shape {image.shape}")
-    return fit_images(image[None], image_shape, what=what)[0]
-
-
-def _as_image_array(images: np.ndarray, what: str) -> np.ndarray:
-    """uint8 stays; floats must lie in [0, 1] (-> float32); other integers must fit 0..255."""
-    if images.dtype == np.uint8:
-        return images
-    if images.size == 0:
-        raise DataError(f"{what}: no images")
-    if np.issubdtype(images.dtype, np.floating):
-        lo, hi = float(np.min(images)), float(np.max(images))
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
-            raise DataError(f"{what}: float images must lie in [0, 1], found values in "
-                            f"[{lo:g}, {hi:g}] (pass uint8 0..255 or divide by 255)")
-        return images.astype(np.float32, copy=False)
-    if np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
-        lo, hi = int(np.min(images)), int(np.max(images))
-        if lo < 0 or hi > 255:
-            raise DataError(f"{what}: integer images must lie in 0..255, found {lo}..{hi}")
-        return images.astype(np.uint8)
-    raise DataError(f"{what}: images must be numeric arrays, got dtype {images.dtype}")
 
 
 # --------------------------------------------------------------------------------------
@@ -421,7 +269,7 @@ def _arrays(spec, image_shape) -> _Part:
     labels = labels.astype(np.int64)
     if labels.min() < 0:
         raise DataError(f"labels must be >= 0, found {labels.min()}")
-    images = _as_image_array(images, "images")
+    images = as_image_array(images, "images")
     return _Part(fit_images(images, image_shape, what="images"), labels,
                  [str(k) for k in range(int(labels.max()) + 1)], "all")
 
@@ -620,9 +468,9 @@ class _TFDSSource:
         xs, ys = [], []
         for x, y in self.tfds.as_numpy(ds):
             if fixed:
-                xs.append(fit_images(_as_image_array(x, what), image_shape, what=what))
+                xs.append(fit_images(as_image_array(x, what), image_shape, what=what))
             else:
-                xs.append(fit_image(_as_image_array(x, what), image_shape, what=what)[None])
+                xs.append(fit_image(as_image_array(x, what), image_shape, what=what)[None])
             ys.append(np.atleast_1d(y))
         if not xs:
             raise DataError(f"TFDS dataset {self.name!r} split {split!r} is empty")
@@ -698,7 +546,7 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     it is also a TFDS name; ``"tfds:NAME"`` forces TFDS. Bad input raises
     :class:`DataError` (a ValueError) with a message for the user.
     """
-    image_shape = _check_image_shape(image_shape)
+    image_shape = check_image_shape(image_shape)
     seed = _check_seed(seed)
     if val_fraction is not None:
         val_fraction = _check_fraction(val_fraction)

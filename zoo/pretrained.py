@@ -45,6 +45,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import nn, paths
+from .images import Transforms
 from .registry import DESCRIPTIVE_KEYS, IMAGENET_MEAN, IMAGENET_STD, Model, create, get_config
 
 __all__ = [
@@ -58,71 +59,6 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 #: seconds allowed to resolve and reach the download server before giving up
 CONNECT_TIMEOUT = 5.0
-
-
-# ----------------------------------------------------------------------------------------
-# Input transforms.
-
-@dataclasses.dataclass(frozen=True)
-class Transforms:
-    """How images are prepared for a set of weights (torchvision's ``ImageClassification``
-    preset): resize the shorter side to ``resize`` (``interpolation``, antialiased), centre
-    crop ``crop`` x ``crop``, scale to [0, 1], normalise with ``mean``/``std``.
-
-    ``fit=True`` (the zoo's own weights) instead fits the image to ``(crop, crop)`` with
-    :func:`zoo.data.fit_image`, the rule the training data went through.
-    ``transform_input`` records torchvision GoogLeNet's input re-normalisation; ``mean``
-    and ``std`` here are already the effective ones (its ``(x - 0.5) / 0.5``)."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-    antialias: bool = True
-    transform_input: bool = False
-    fit: bool = False
-
-    def __call__(self, image, channels: int | None = None) -> np.ndarray:
-        """A PIL image (or a path) -> float32 (crop, crop, C) normalised array."""
-        from PIL import Image
-
-        if isinstance(image, (str, os.PathLike)):
-            with Image.open(image) as im:
-                im.load()
-                image = im.copy()
-        channels = channels or len(self.mean)
-        mode = {1: "L", 3: "RGB"}[channels]
-        image = image.convert(mode)
-        if self.fit:
-            from . import data
-
-            array = np.asarray(image)
-            array = array[..., None] if array.ndim == 2 else array
-            array = data.fit_image(array, (self.crop, self.crop, channels))
-        else:
-            w, h = image.size
-            short, long = (w, h) if w <= h else (h, w)
-            new_long = int(self.resize * long / short)   # torchvision truncates
-            size = (self.resize, new_long) if w <= h else (new_long, self.resize)
-            resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                        "nearest": Image.NEAREST}[self.interpolation]
-            if (w, h) != size:
-                image = image.resize(size, resample, reducing_gap=None)
-            w, h = image.size
-            if w < self.crop or h < self.crop:
-                raise ValueError(f"image of {w}x{h} after resizing is smaller than the "
-                                 f"{self.crop}x{self.crop} crop")
-            top = int(round((h - self.crop) / 2.0))
-            left = int(round((w - self.crop) / 2.0))
-            image = image.crop((left, top, left + self.crop, top + self.crop))
-            array = np.asarray(image)
-            array = array[..., None] if array.ndim == 2 else array
-        x = array.astype(np.float32) / 255.0
-        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------------

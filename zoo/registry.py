@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from . import nn
+from .images import IMAGENET_MEAN, IMAGENET_STD
 from .kernels import ConvPolicy
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -9,8 +9,6 @@ trained or imported: the pictures do not care where they come from).
   images (Krizhevsky et al. 2012, fig. 3).
 - :func:`layer_output` / :func:`save_activation_grid`: the output of a named layer for an
   image, one tile per channel.
-- :func:`load_image`: a path, or the name of a photo shipped with scikit-image
-  (``chelsea``, ``coffee``, ``astronaut``, ...).
 """
 from __future__ import annotations
 
@@ -22,79 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
+from . import images, nn
 from .kernels import xla
-
-SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera")
-
-
-# ----------------------------------------------------------------------------------------
-# Images in.
-
-def load_image(spec: str) -> np.ndarray:
-    """uint8 (H, W, 3) or (H, W) array from a file path or a scikit-image photo name."""
-    if spec in SKIMAGE_PHOTOS and not os.path.exists(spec):
-        from skimage import data as skdata
-
-        return np.asarray(getattr(skdata, spec)())
-    from PIL import Image
-
-    with Image.open(spec) as im:
-        return np.asarray(im.convert("RGB" if im.mode not in ("L", "I", "F") else "L"))
-
-
-def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W) or (H, W, C) -> (H, W, channels): luma (ITU-R 601) for 1, repeat for 3."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.shape[-1] == channels:
-        return image
-    if channels == 1:
-        luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return luma[..., None].astype(image.dtype) if image.dtype != np.uint8 else \
-            np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
-    if channels == 3 and image.shape[-1] == 1:
-        return np.repeat(image, 3, axis=-1)
-    raise ValueError(f"cannot convert an image with {image.shape[-1]} channels to {channels}")
-
-
-def prepare_image(image: np.ndarray, config: Mapping, size: int | None = None, *,
-                  invert: bool = False) -> np.ndarray:
-    """A network-ready float32 (H, W, C) array: channels as the model's, the shorter side
-    resized to ``size`` (aspect kept; None: unchanged), scaled to [0, 1] and normalised
-    with the config's ``mean``/``std``. ``invert`` flips intensities (dark-on-light digits
-    to the white-on-black the digit models saw)."""
-    from PIL import Image
-
-    channels = config["input_shape"][-1]
-    array = to_channels(image, channels)
-    if array.dtype != np.uint8:
-        array = np.clip(np.round(np.asarray(array, np.float32) * 255), 0, 255).astype(np.uint8)
-    if size is not None:
-        h, w = array.shape[:2]
-        scale = size / min(h, w)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        pil = Image.fromarray(array[..., 0] if channels == 1 else array)
-        array = np.asarray(pil.resize(new, Image.BILINEAR, reducing_gap=None))
-        array = array[..., None] if array.ndim == 2 else array
-    x = array.astype(np.float32) / 255.0
-    if invert:
-        x = 1.0 - x
-    mean = np.asarray(config.get("mean", (0.0,) * channels), np.float32)
-    std = np.asarray(config.get("std", (1.0,) * channels), np.float32)
-    return (x - mean) / std
-
-
-def display_image(x: np.ndarray, config: Mapping | None = None) -> np.ndarray:
-    """A normalised network input back to [0, 1] for display."""
-    x = np.asarray(x, np.float32)
-    if config is not None:
-        x = x * np.asarray(config.get("std", 1.0), np.float32) + np.asarray(config.get("mean", 0.0), np.float32)
-    x = np.clip(x, 0.0, 1.0)
-    return x[..., 0] if x.shape[-1] == 1 else x
 
 
 # ----------------------------------------------------------------------------------------
@@ -353,7 +280,8 @@ def score_map_report(model, variables, image: np.ndarray, out: str, *, config=No
 
     config = config or model.config
     fcn, fvars = fully_conv.convert(model, variables)
-    x = prepare_image(image, config, size, invert=invert)
+    x = images.prepare(image, channels=config["input_shape"][-1], mean=config["mean"],
+                       std=config["std"], size=size, invert=invert)
     th, tw = fcn.train_size
     if x.shape[0] < th or x.shape[1] < tw:
         raise ValueError(f"the image is {x.shape[0]}x{x.shape[1]} after resizing, smaller than "
@@ -364,7 +292,7 @@ def score_map_report(model, variables, image: np.ndarray, out: str, *, config=No
     probs = np.asarray(jax.nn.softmax(sm.pooled()))
     order = [int(c) for c in np.argsort(-probs)[:top]]
     fh, fw = sm.image_size
-    shown = display_image(x[:fh, :fw], config)
+    shown = images.display(x[:fh, :fw], config["mean"], config["std"])
     head = title or (f"{fcn.name} fully convolutional (receptive field {fcn.receptive_field}, "
                      f"network stride {fcn.stride})")
     save_score_map(shown, sm.scores, out, stride=sm.stride, train_size=fcn.train_size,
