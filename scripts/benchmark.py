@@ -126,8 +126,8 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     name = target_name(t)
     model = zoo.create(t["model"], conv_policy=zoo.ConvPolicy(impl=args.conv_impl),
                        **({"num_classes": t["classes"]} if t["classes"] else {}))
-    c = model.config["input_shape"][-1]
-    ncls = model.config["num_classes"]
+    c = model.input_shape[-1]
+    ncls = model.num_classes
     shape = (t["batch"], t["size"], t["size"], c)
     macs = bench.forward_macs(model, shape[1:])
     flops = 2 * macs * t["batch"] * (3 if t["mode"] == "train" else 1)

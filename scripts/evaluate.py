@@ -108,7 +108,7 @@ def run_fully_conv(args) -> int:
             from zoo import pretrained
 
             model, variables, info = pretrained.load(args.weights, args.model, with_info=True)
-            names, config = info["class_names"], dict(model.config)
+            names, config = info["class_names"], model.metadata()
             if info.get("transforms") is not None:
                 config["mean"], config["std"] = info["transforms"].mean, info["transforms"].std
         from zoo import images

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     transforms, names = info["transforms"], info["class_names"]
-    channels = int(model.config["input_shape"][-1])
+    channels = int(model.input_shape[-1])
     try:
         batch = np.stack([transforms(path, channels) for path in args.images])
     except (OSError, ValueError) as e:

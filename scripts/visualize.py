@@ -97,7 +97,7 @@ def run_activations(args) -> int:
     from zoo import images, visualize as V
 
     model, variables, _, config = _model(args)
-    th, tw, _ = model.config["input_shape"]
+    th, tw, _ = model.input_shape
     size = args.size or th
     x = _prepare(images.load_image(args.image), config, size, invert=args.invert)
     x = _centre_crop(x, max(size, th), max(size, tw)) if args.size is None else x
@@ -161,7 +161,7 @@ def _digits_lenet(tag: str, log):
         log(f"lenet5 weights {tag!r} not loadable ({type(e).__name__}); training on the digits")
     model = zoo.create("lenet5")
     train, _ = data.load("digits", image_shape=(32, 32, 1), seed=0)
-    mean, std = model.config["mean"][0], model.config["std"][0]
+    mean, std = model.mean[0], model.std[0]
     images = (np.asarray(train.images, np.float32) / (255.0 if train.images.dtype == np.uint8 else 1.0) - mean) / std
     labels = np.asarray(train.labels)
     variables = model.init(jax.random.key(0))
@@ -185,7 +185,7 @@ def _digits_lenet(tag: str, log):
             idx = order[i:i + 64]
             params, opt_state, value = step(params, opt_state, images[idx], labels[idx])
     log(f"trained lenet5 for 30 epochs on {len(labels)} digits (last batch loss {float(value):.3f})")
-    return model, {"params": params, "state": state}, dict(model.config), "trained here, 30 epochs"
+    return model, {"params": params, "state": state}, model.metadata(), "trained here, 30 epochs"
 
 
 def _digit_canvas(seed=1):

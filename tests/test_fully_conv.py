@@ -81,7 +81,7 @@ def tiny_padded_net():
 
 def crop_reference(model, variables, image, step):
     """The original network on every training-size crop at ``step``: (P, Q, K)."""
-    size = model.config["input_shape"][:2]
+    size = model.input_shape[:2]
     batch, (rows, cols) = fc.crops(image[None], size, step)
     logits = jax.jit(lambda p, s, x: model.apply(p, s, x)[0])(
         variables["params"], variables["state"], batch)
@@ -213,7 +213,7 @@ def test_googlenet_aux_heads_are_dropped():
 
 def abstract_convert(model, size):
     """Convert from shapes only: ``(fcn, abstract fcn variables)``, no weights allocated."""
-    c = model.config["input_shape"][-1]
+    c = model.input_shape[-1]
     abstract, _ = model.abstract_init((1, size, size, c))
     box = {}
 
@@ -238,10 +238,10 @@ def test_native_size_conversion_from_shapes(name):
     strides; an uneven size either raises an error that says what fits, or (floor-rule
     nets) gives the map of the documented floor."""
     model = zoo.create(name, num_classes=7)
-    size = model.config["input_shape"][0]
+    size = model.input_shape[0]
     fcn, fvars = abstract_convert(model, size)
     assert fcn.map_shape(size, size) == (1, 1)
-    assert fcn.output_shape((2, size, size, model.config["input_shape"][2])) == (2, 1, 1, 7)
+    assert fcn.output_shape((2, size, size, model.input_shape[2])) == (2, 1, 1, 7)
     s = fcn.stride
     assert fcn.map_shape(size + 5 * s, size + 4 * s) == (6, 5)
     assert fcn.fit_size(size + 5 * s + 3, size + s - 1) == (size + 5 * s, size)
@@ -268,7 +268,7 @@ def test_converted_head_equals_original_head(name):
     """The trunk is shared as is (the same Layer objects), so the 1x1 equality reduces to
     the head: original head vs converted head on the same random features."""
     model = zoo.create(name, num_classes=7)
-    c = model.config["input_shape"][-1]
+    c = model.input_shape[-1]
     size = HEAD_SIZE.get(name, 64)
     abstract, _ = model.abstract_init((1, size, size, c))
     # zeros for the trunk (never run here), random values for everything else
@@ -425,7 +425,7 @@ def test_score_map_png(tmp_path):
 
     _, _, fcn, fvars = converted("lenet5", lambda: zoo.create("lenet5"))
     photo = images.load_image("coffee")
-    mean, std = fcn.config["mean"], fcn.config["std"]
+    mean, std = fcn.mean, fcn.std
     x = images.prepare(photo, channels=1, mean=mean, std=std, size=48)
     sm = fc.score_map(fcn, fvars, x, stride=2)
     path = V.save_score_map(images.display(x, mean, std), sm.scores, str(tmp_path / "map.png"),
@@ -445,8 +445,8 @@ def test_filter_and_activation_pngs(tmp_path):
     _png(V.save_filter_grid(kernel, str(tmp_path / "f.png"), scale=8), (19 * 8, 13 * 8))
     rgb = jax.random.normal(jax.random.key(0), (11, 11, 3, 10))
     assert V.filter_grid(rgb).shape == (3 * 12 + 1, 4 * 12 + 1, 3)
-    x = images.prepare(images.load_image("astronaut"), channels=1, mean=model.config["mean"],
-                       std=model.config["std"], size=32)[:32, :32]
+    x = images.prepare(images.load_image("astronaut"), channels=1, mean=model.mean,
+                       std=model.std, size=32)[:32, :32]
     acts = V.layer_output(model, variables, x[None], "pool1")
     assert acts.shape == (1, 14, 14, 6)
     _png(V.save_activation_grid(acts[0], str(tmp_path / "a.png"), min_tile=28),

@@ -236,7 +236,7 @@ def test_aux_heads_train():
         def loss(p):
             logits, aux, new_state = model.apply_with_aux(p, state, x, train=True,
                                                        rng=jax.random.key(2))
-            weight = model.config["aux_loss_weight"]
+            weight = model.aux_loss_weight
             total = _xent(logits, labels) + weight * sum(_xent(a, labels) for a in aux.values())
             return total, (aux, new_state)
         return jax.grad(loss, has_aux=True)(p)
@@ -251,7 +251,7 @@ def test_aux_heads_train():
         assert norm(g[layer]) > 0, layer
     # Train-mode apply_with_aux updates the aux heads' BN statistics too.
     assert bool(jnp.any(new_state["aux1"]["conv"]["bn"]["mean"] != state["aux1"]["conv"]["bn"]["mean"]))
-    assert model.config["aux_loss_weight"] == gn.AUX_LOSS_WEIGHT == 0.3  # the paper's, sec. 5
+    assert model.aux_loss_weight == gn.AUX_LOSS_WEIGHT == 0.3  # the paper's, sec. 5
 
 
 def test_aux_network_mechanics():

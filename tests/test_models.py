@@ -42,7 +42,7 @@ def per_model(names):
 
 def small_shape(name, batch=2):
     model = zoo.create(name)
-    h, w, c = model.config["input_shape"]
+    h, w, c = model.input_shape
     size = SMALL_INPUT.get(name, SMALL_DEFAULT)
     return (batch, size, size, c)
 

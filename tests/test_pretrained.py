@@ -304,8 +304,17 @@ class _Unpicklable:
 # Registry, cache, fetch (nothing reaches the network).
 
 def test_registry_facts():
+    """Each family registers its weights with its models: the tags, files, hashes,
+    accuracies and transforms of torchvision 0.29's enums, read from the registry."""
     tags = P.list_weights("*.tv*_in1k")
-    assert len(tags) == 18
+    assert len(tags) == 18 and zoo.list_weights("*") == sorted([*tags, "lenet5.digits"])
+    assert zoo.list_weights("resnet*") == [
+        "resnet101.tv2_in1k", "resnet101.tv_in1k", "resnet152.tv2_in1k", "resnet152.tv_in1k",
+        "resnet18.tv_in1k", "resnet34.tv_in1k", "resnet50.tv2_in1k", "resnet50.tv_in1k"]
+    assert zoo.list_models(pretrained=True) == sorted([*TORCHVISION_MODELS, "lenet5"])
+    assert zoo.list_models("googlenet*", pretrained=True) == ["googlenet"]
+    for name in zoo.list_models():
+        assert all(w.model == name for w in zoo.registry.spec(name).weights)
     for name in TORCHVISION_MODELS:
         assert f"{name}.tv_in1k" in tags
     for tag in tags:
@@ -372,17 +381,16 @@ def test_fetch_and_load_from_the_cache(cache, monkeypatch):
     spec = P.WeightSpec(tag="resnet18.test", model="resnet18", source="torchvision",
                         file=f"resnet18-{prefix}.safetensors", num_classes=1000,
                         transforms=P.Transforms(), url="https://example.invalid/x")
-    monkeypatch.setitem(P.WEIGHTS, spec.tag, spec)
     with pytest.raises(P.WeightsNotFoundError):
-        P.load("resnet18.test")
+        P.load(spec)
     cache.mkdir()
     (cache / spec.file).write_bytes(data)
-    assert P.fetch("resnet18.test") == str(cache / spec.file)
-    loaded_model, loaded = P.load("resnet18.test")
+    assert P.fetch(spec) == str(cache / spec.file)
+    loaded_model, loaded = P.load(spec)
     assert loaded_model.name == "resnet18"
     _assert_trees_equal(loaded, variables)
     with pytest.raises(ValueError, match="not vgg11"):
-        P.load("resnet18.test", "vgg11")
+        P.load(spec, "vgg11")
 
 
 def test_fetch_rejects_a_file_with_the_wrong_hash(cache):
@@ -462,7 +470,7 @@ def test_finetuning_reinitialises_the_classifier_for_a_new_class_count(tmp_path)
     assert sorted(info["reinitialised"]) == ["params/fc/bias", "params/fc/kernel"]
     assert "1000 classes" in info["message"] and "re-initialised" in info["message"]
     assert messages == [info["message"]]
-    assert info["mean"] == tuple(zoo.registry.IMAGENET_MEAN)
+    assert info["mean"] == tuple(zoo.images.IMAGENET_MEAN)
     # Same class count: everything loads, nothing is re-initialised.
     same, info = P.load_for_finetuning(str(path), model_src, variables=variables)
     _assert_trees_equal(same, variables)
@@ -561,5 +569,5 @@ def test_transforms_resize_shorter_side_then_centre_crop():
     img = Image.fromarray(np.full((300, 600, 3), 255, np.uint8))
     x = t(img)
     assert x.shape == (224, 224, 3) and x.dtype == np.float32
-    np.testing.assert_allclose(x[0, 0], (1 - np.array(P.IMAGENET_MEAN)) / np.array(P.IMAGENET_STD),
+    np.testing.assert_allclose(x[0, 0], (1 - np.array(zoo.images.IMAGENET_MEAN)) / np.array(zoo.images.IMAGENET_STD),
                                rtol=1e-6)

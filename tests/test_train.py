@@ -117,6 +117,27 @@ def test_evaluate_script_writes_confusion_matrix(default_run, capsys):
     assert os.path.getsize(os.path.join(out, "confusion_matrix.png")) > 0
 
 
+def test_a_run_directory_written_before_the_model_metadata_split_still_loads(default_run, tmp_path):
+    """Checkpoints written before ``Model.config`` was split from its metadata record one
+    merged ``config`` with the classifier as a string (as the shipped lenet5.digits does):
+    such a run evaluates to the same accuracy."""
+    import shutil
+
+    old = str(tmp_path / "old-run")
+    shutil.copytree(default_run[0], old)
+    manager = ckpt.CheckpointManager(os.path.join(old, "checkpoints"))
+    for step in manager.steps():
+        flat, meta = ckpt.load_flat(manager.path(step))
+        meta["config"] = dict(meta["config"], classifier="fc3")
+        meta.pop("format")
+        ckpt.save_flat(manager.path(step), flat, meta, fmt=ckpt.TRAIN_FORMAT)
+    model, variables, meta = T.load_run(old)
+    assert meta["config"]["classifier"] == "fc3"
+    assert model.classifier == ("fc3",) and model.num_classes == 10
+    assert T.evaluate_run(old, output=str(tmp_path / "cm.png"))["accuracy"] == \
+        default_run[1]["best_eval_accuracy"]
+
+
 def test_resume_equals_uninterrupted(default_run, tmp_path):
     ref, _ = default_run
     out = str(tmp_path / "resumed")

@@ -8,9 +8,9 @@
 """
 from .kernels import ConvPolicy, jit
 from .nn import Layer, count_params
-from .registry import Model, create, get_config, list_models, register
+from .registry import Model, create, get_config, list_models, list_weights, register
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvPolicy", "Layer", "Model", "count_params", "create", "get_config", "jit", "list_models",
+__all__ = ["ConvPolicy", "Layer", "Model", "count_params", "create", "get_config", "jit", "list_models", "list_weights",
            "register", "__version__"]

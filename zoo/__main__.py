@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     try:
         from .registry import create
         model = create(args.model, num_classes=args.num_classes)
-        shape = None if args.size is None else (1, *args.size, model.config["input_shape"][-1])
+        shape = None if args.size is None else (1, *args.size, model.input_shape[-1])
         print(summary(model, shape).table())
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -151,9 +151,9 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     inside the one program (PERF-NOTES: 2x for VGG16 at batch 8).
     """
     dt = DTYPES[dtype]
-    c = model.config["input_shape"][-1]
+    c = model.input_shape[-1]
     shape = (batch, size, size, c)
-    ncls = model.config["num_classes"]
+    ncls = model.num_classes
     key = jax.random.key(seed)
     variables = xla.jit(model.init, static_argnums=1)(key, shape)
     params, state = variables["params"], variables["state"]
@@ -211,7 +211,7 @@ def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float
     """``(trace+lower seconds, compile seconds)`` of the train step or inference call,
     nothing run (section 3 of the speed issue: deep ResNets compile slowly)."""
     dt = DTYPES[dtype]
-    shape = (batch, size, size, model.config["input_shape"][-1])
+    shape = (batch, size, size, model.input_shape[-1])
     abstract, _ = model.abstract_init(shape)
     x = jax.ShapeDtypeStruct(shape, dt)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)

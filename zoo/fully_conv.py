@@ -116,7 +116,7 @@ class FullyConvModel(Model):
         """Score-map size for an input of ``height x width``; raises if it does not fit."""
         key = (int(height), int(width))
         if key not in self._geometry:
-            shape = (1, height, width, self.config["input_shape"][-1])
+            shape = (1, height, width, self.input_shape[-1])
             try:
                 out = self.output_shape(shape)
             except ValueError as err:
@@ -292,7 +292,7 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
     """
     if isinstance(model, FullyConvModel):
         return model, variables
-    shape = tuple(input_shape) if input_shape is not None else tuple(model.config["input_shape"])
+    shape = tuple(input_shape) if input_shape is not None else tuple(model.input_shape)
     if len(shape) == 3:
         shape = (1, *shape)
     shape = (1, *shape[1:])
@@ -314,7 +314,6 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
     for path, fn in plan.transforms.items():
         params = paths.set_path(params, path, fn(paths.get(params, path)))
 
-    cfg = dict(model.config, fully_conv=True)
     box = {}
 
     def geometry(key):
@@ -328,7 +327,8 @@ def convert(model: Model, variables: Mapping, input_shape=None, *, head_impl: st
         if paths.shape_tree(abstract[part]) != paths.shape_tree(tree):
             raise AssertionError(f"{model.name}: converted {part} do not match the converted "
                                  f"network: {paths.diff(paths.shape_tree(abstract[part]), paths.shape_tree(tree))[:5]}")
-    fcn = FullyConvModel(network, cfg, model.policy, stride=int(box["stride"]),
+    fcn = FullyConvModel(network, dict(model.config), dict(model.meta), model.policy,
+                         stride=int(box["stride"]),
                          receptive_field=int(box["rf"]), train_size=tuple(shape[1:3]),
                          head=plan.head, changes=tuple(plan.changes),
                          head_convs=tuple("/".join(p) for p in plan.transforms),
@@ -562,7 +562,7 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
 
     model = zoo.create(model_name, **({} if num_classes is None else {"num_classes": num_classes}))
     variables = xla.jit(model.init, static_argnums=1)(jax.random.key(seed), model.default_input_shape())
-    c = model.config["input_shape"][-1]
+    c = model.input_shape[-1]
     image = jax.random.normal(jax.random.key(seed + 1), (1, size, size, c))
     impls = {"im2col_head": "im2col", "xla_head": "xla", "auto_head": None}
     fcns = {}
@@ -573,7 +573,7 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
     fcn = next(iter(fcns.values()))[0]
     batch, (rows, cols) = crops(image, fcn.train_size, fcn.stride)
     n_crops = rows * cols
-    crop_macs = macs(model, (1, *model.config["input_shape"])) * n_crops
+    crop_macs = macs(model, (1, *model.input_shape)) * n_crops
     big_macs = macs(fcn, (1, size, size, c))
     result = dict(model=model_name, size=size, crops=n_crops, map=(rows, cols),
                   ideal_ratio=crop_macs / big_macs, gflop_big=2 * big_macs / 1e9,

@@ -44,123 +44,37 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import nn, paths
+from . import nn, paths, registry
 from .images import Transforms
-from .registry import DESCRIPTIVE_KEYS, IMAGENET_MEAN, IMAGENET_STD, Model, create, get_config
+from .registry import Model, TorchvisionRules, WeightSpec, create, get_config
 
 __all__ = [
-    "WEIGHTS", "FAMILY_RULES", "Transforms", "WeightSpec", "WeightsNotFoundError",
+    "Transforms", "WeightSpec", "WeightsNotFoundError", "torchvision_rules",
     "cache_dir", "fetch", "get_weights", "imagenet_classes", "list_weights", "load",
     "convert_state_dict", "load_for_finetuning", "load_torchvision", "package_run",
     "read_state_dict", "to_torchvision_state_dict", "torchvision_key_map",
 ]
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-TORCHVISION_URL = "https://download.pytorch.org/models/"
 #: seconds allowed to resolve and reach the download server before giving up
 CONNECT_TIMEOUT = 5.0
 
 
 # ----------------------------------------------------------------------------------------
-# The weight registry.
-
-@dataclasses.dataclass(frozen=True)
-class WeightSpec:
-    """A known set of weights. ``source`` is ``"torchvision"`` (``url`` + ``file``, checked
-    against ``sha256_prefix``) or ``"zoo"`` (``file`` in the package's assets)."""
-
-    tag: str
-    model: str
-    source: str
-    file: str
-    num_classes: int
-    transforms: Transforms | None      # None: from the file's metadata (zoo weights)
-    url: str | None = None
-    acc1: float | None = None          # published top-1 on the ImageNet-1k val set, %
-    acc5: float | None = None
-    origin: str = ""                   # e.g. torchvision's enum name
-    classes: str = "imagenet"          # "imagenet", or the class names live in the file
-
-    @property
-    def sha256_prefix(self) -> str | None:
-        """The hash prefix in the file name (torch.hub's rule: ``-<hex>.``)."""
-        m = re.search(r"-([a-f0-9]+)\.", self.file)
-        return m.group(1) if m and self.source == "torchvision" else None
-
-
-def _tv(tag, model, file, acc1, acc5, origin, resize=256, transform_input=False):
-    transforms = Transforms(resize=resize, crop=224, transform_input=transform_input)
-    if transform_input:  # torchvision GoogLeNet: ImageNet normalisation, then (x*std+mean-0.5)/0.5
-        transforms = dataclasses.replace(transforms, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return WeightSpec(tag=tag, model=model, source="torchvision", file=file,
-                      url=TORCHVISION_URL + file, num_classes=1000, transforms=transforms,
-                      acc1=acc1, acc5=acc5, origin=origin)
-
-
-#: Facts from torchvision 0.29's ``models/*.py`` weight enums (URL, published accuracy,
-#: transforms: resize 256 or 232, crop 224, bilinear, ImageNet mean/std).
-_TORCHVISION = (
-    _tv("alexnet.tv_in1k", "alexnet", "alexnet-owt-7be5be79.pth", 56.522, 79.066,
-        "AlexNet_Weights.IMAGENET1K_V1"),
-    _tv("vgg11.tv_in1k", "vgg11", "vgg11-8a719046.pth", 69.020, 88.628,
-        "VGG11_Weights.IMAGENET1K_V1"),
-    _tv("vgg11_bn.tv_in1k", "vgg11_bn", "vgg11_bn-6002323d.pth", 70.370, 89.810,
-        "VGG11_BN_Weights.IMAGENET1K_V1"),
-    _tv("vgg13.tv_in1k", "vgg13", "vgg13-19584684.pth", 69.928, 89.246,
-        "VGG13_Weights.IMAGENET1K_V1"),
-    _tv("vgg13_bn.tv_in1k", "vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586, 90.374,
-        "VGG13_BN_Weights.IMAGENET1K_V1"),
-    _tv("vgg16.tv_in1k", "vgg16", "vgg16-397923af.pth", 71.592, 90.382,
-        "VGG16_Weights.IMAGENET1K_V1"),
-    _tv("vgg16_bn.tv_in1k", "vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516,
-        "VGG16_BN_Weights.IMAGENET1K_V1"),
-    _tv("vgg19.tv_in1k", "vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876,
-        "VGG19_Weights.IMAGENET1K_V1"),
-    _tv("vgg19_bn.tv_in1k", "vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842,
-        "VGG19_BN_Weights.IMAGENET1K_V1"),
-    _tv("googlenet.tv_in1k", "googlenet", "googlenet-1378be20.pth", 69.778, 89.530,
-        "GoogLeNet_Weights.IMAGENET1K_V1", transform_input=True),
-    _tv("resnet18.tv_in1k", "resnet18", "resnet18-f37072fd.pth", 69.758, 89.078,
-        "ResNet18_Weights.IMAGENET1K_V1"),
-    _tv("resnet34.tv_in1k", "resnet34", "resnet34-b627a593.pth", 73.314, 91.420,
-        "ResNet34_Weights.IMAGENET1K_V1"),
-    _tv("resnet50.tv_in1k", "resnet50", "resnet50-0676ba61.pth", 76.130, 92.862,
-        "ResNet50_Weights.IMAGENET1K_V1"),
-    _tv("resnet50.tv2_in1k", "resnet50", "resnet50-11ad3fa6.pth", 80.858, 95.434,
-        "ResNet50_Weights.IMAGENET1K_V2", resize=232),
-    _tv("resnet101.tv_in1k", "resnet101", "resnet101-63fe2227.pth", 77.374, 93.546,
-        "ResNet101_Weights.IMAGENET1K_V1"),
-    _tv("resnet101.tv2_in1k", "resnet101", "resnet101-cd907fc2.pth", 81.886, 95.780,
-        "ResNet101_Weights.IMAGENET1K_V2", resize=232),
-    _tv("resnet152.tv_in1k", "resnet152", "resnet152-394f9c45.pth", 78.312, 94.046,
-        "ResNet152_Weights.IMAGENET1K_V1"),
-    _tv("resnet152.tv2_in1k", "resnet152", "resnet152-f82ba261.pth", 82.284, 96.002,
-        "ResNet152_Weights.IMAGENET1K_V2", resize=232),
-)
-
-_ZOO = (
-    # Trained by the project's scripts/train.py (command, accuracy: docs/pretrained.md and
-    # the file's metadata). Mean/std are the digits training split's, from the file.
-    WeightSpec(tag="lenet5.digits", model="lenet5", source="zoo", file="lenet5_digits.safetensors",
-               num_classes=10, transforms=None,   # the file's metadata says them
-               origin="scripts/train.py defaults (lenet5 on the digits)", classes="file"),
-)
-
-#: tag -> :class:`WeightSpec`
-WEIGHTS: dict[str, WeightSpec] = {w.tag: w for w in _TORCHVISION + _ZOO}
-
+# Weight specs (registered by each family with its models).
 
 def list_weights(pattern: str = "*") -> list[str]:
     """Known weight tags matching an fnmatch ``pattern`` (e.g. ``"resnet*"``), sorted."""
-    return sorted(t for t in WEIGHTS if fnmatch.fnmatchcase(t, pattern))
+    return registry.list_weights(pattern)
 
 
 def get_weights(tag: str) -> WeightSpec:
-    if tag not in WEIGHTS:
-        close = [t for t in WEIGHTS if t.split(".")[0] == tag.split(".")[0]]
+    known = registry.all_weights()
+    if tag not in known:
+        close = [t for t in known if t.split(".")[0] == tag.split(".")[0]]
         hint = f" (for {tag.split('.')[0]}: {', '.join(close)})" if close else ""
         raise ValueError(f"unknown weights {tag!r}{hint}; known tags: {', '.join(list_weights())}")
-    return WEIGHTS[tag]
+    return known[tag]
 
 
 @functools.cache
@@ -277,18 +191,19 @@ def _download(spec: WeightSpec, dest: str, progress: bool) -> None:
                              f"expected a prefix {spec.sha256_prefix}; not saved")
 
 
-def fetch(tag: str, *, progress: bool = True, check_hash: bool = True) -> str:
-    """The local path of the weights ``tag``: the package file for the zoo's own weights; for
+def fetch(tag: str | WeightSpec, *, progress: bool = True, check_hash: bool = True) -> str:
+    """The local path of the weights ``tag`` (or of a :class:`WeightSpec` not registered
+    with a model): the package file for the zoo's own weights; for
     torchvision's, the cached file (``cache_dir()/<file>``), downloading it first when
     missing. The SHA-256 prefix in torchvision's file name is checked on download and on
     every cached read (``check_hash=False`` skips the latter). ``ZOO_OFFLINE=1`` never
     downloads: a missing file raises :class:`WeightsNotFoundError` at once, naming the URL
     and the exact path to put the file at."""
-    spec = get_weights(tag)
+    spec = tag if isinstance(tag, WeightSpec) else get_weights(tag)
     if spec.source == "zoo":
         path = os.path.join(ASSETS, spec.file)
         if not os.path.exists(path):
-            raise WeightsNotFoundError(f"{tag}: the package file {path} is missing; reinstall zoo")
+            raise WeightsNotFoundError(f"{spec.tag}: the package file {path} is missing; reinstall zoo")
         return path
     dest = os.path.join(cache_dir(), spec.file)
     if os.path.exists(dest):
@@ -347,40 +262,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------
 # The key map: zoo param paths <-> torchvision keys.
 
-@dataclasses.dataclass(frozen=True)
-class FamilyRules:
-    """How one family's zoo module paths become torchvision module names.
-
-    ``segments``: positional families (torchvision's ``nn.Sequential``): the model's
-    top-level layers are cut at the named layers (``(prefix, end)``: up to, not including,
-    ``end``; ``None``: to the last layer) and the i-th layer of a segment is
-    ``prefix.i``. ``rename``: regex substitutions applied in order to the ``/`` module
-    path. Then ``/`` becomes ``.``. ``optional``: regexes of source keys that are dropped
-    when the model has nothing for them (GoogLeNet's aux heads)."""
-
-    models: tuple[str, ...]
-    segments: tuple[tuple[str, str | None], ...] = ()
-    rename: tuple[tuple[str, str], ...] = ()
-    optional: tuple[str, ...] = ()
-
-
-_VGG = tuple(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))
-_SEQUENTIAL = (("features", "flatten"), ("classifier", None))
-
-#: family -> rules; the zoo models each covers are the torchvision-compatible ones.
-FAMILY_RULES: dict[str, FamilyRules] = {
-    "alexnet": FamilyRules(models=("alexnet",), segments=_SEQUENTIAL),
-    "vgg": FamilyRules(models=_VGG, segments=_SEQUENTIAL),
-    "googlenet": FamilyRules(
-        models=("googlenet",),
-        rename=((r"\b(branch[23])/reduce\b", r"\1/0"), (r"\b(branch[23])/conv\b", r"\1/1"),
-                (r"\b(branch4)/proj\b", r"\1/1")),
-        optional=(r"^aux[12]\.",)),
-    "resnet": FamilyRules(
-        models=tuple(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
-        rename=((r"/downsample/conv$", "/downsample/0"), (r"/downsample/bn$", "/downsample/1"))),
-}
-
 #: (group, zoo leaf name) -> torchvision parameter/buffer name
 LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
               ("params", "bias"): "bias", ("state", "mean"): "running_mean",
@@ -389,20 +270,22 @@ LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
-def family_of(model_name: str) -> FamilyRules:
-    for rules in FAMILY_RULES.values():
-        if model_name in rules.models:
-            return rules
-    known = sorted(m for r in FAMILY_RULES.values() for m in r.models)
-    raise ValueError(f"{model_name} has no torchvision counterpart; torchvision weights load "
-                     f"into: {', '.join(known)}")
+def torchvision_rules(model_name: str) -> TorchvisionRules:
+    """The registered torchvision key rules of ``model_name``; an error lists the models
+    that have some."""
+    rules = registry.spec(model_name).torchvision
+    if rules is None:
+        known = [m for m in registry.list_models() if registry.spec(m).torchvision]
+        raise ValueError(f"{model_name} has no torchvision counterpart; torchvision weights "
+                         f"load into: {', '.join(known)}")
+    return rules
 
 
 def _top_level_names(model: Model) -> list[str]:
     return [name for name, _ in model.network.children]
 
 
-def _module_name(module: str, rules: FamilyRules, top: Sequence[str]) -> str:
+def _module_name(module: str, rules: TorchvisionRules, top: Sequence[str]) -> str:
     if rules.segments:
         head, _, rest = module.partition("/")
         start = 0
@@ -480,7 +363,7 @@ class _Mapping:
 
 
 def _build_mapping(model: Model, input_shape=None) -> _Mapping:
-    rules = family_of(model.name)
+    rules = torchvision_rules(model.name)
     shape = tuple(input_shape) if input_shape is not None else model.default_input_shape()
     with nn.recording() as rec:
         abstract, _ = model.abstract_init(shape)
@@ -599,7 +482,7 @@ def _zoo_format(path: str) -> bool:
 
 def _spec_for_file(path: str) -> WeightSpec | None:
     base = os.path.basename(path)
-    for spec in WEIGHTS.values():
+    for spec in registry.all_weights().values():
         if spec.source == "torchvision" and os.path.splitext(spec.file)[0] == os.path.splitext(base)[0]:
             return spec
     return None
@@ -626,12 +509,15 @@ class _Source:
 
 def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
     name = _model_name(model)
-    target = os.fspath(tag_or_path)
-    if target in WEIGHTS:
-        spec = WEIGHTS[target]
+    if isinstance(tag_or_path, WeightSpec):
+        spec, target = tag_or_path, tag_or_path.tag
+    else:
+        target = os.fspath(tag_or_path)
+        spec = registry.all_weights().get(target)
+    if spec is not None:
         if name is not None and name != spec.model:
             raise ValueError(f"weights {target} are for {spec.model}, not {name}")
-        path = fetch(target, progress=progress)
+        path = fetch(spec, progress=progress)
         label = target
     elif os.path.exists(target):
         spec, path, label = None, target, target
@@ -643,9 +529,10 @@ def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
                                 f"{', '.join(list_weights())})")
     if _zoo_format(path):
         meta = ckpt.read_metadata(path)
-        input_shape = tuple(meta.get("input_shape") or get_config(meta["model"])["input_shape"])
-        mean = tuple(meta.get("mean") or get_config(meta["model"])["mean"])
-        std = tuple(meta.get("std") or get_config(meta["model"])["std"])
+        defaults = get_config(meta["model"])
+        input_shape = tuple(meta.get("input_shape") or defaults["input_shape"])
+        mean = tuple(meta.get("mean") or defaults["mean"])
+        std = tuple(meta.get("std") or defaults["std"])
         if name is not None and name != meta.get("model"):
             raise ValueError(f"{target} holds {meta.get('model')} weights, not {name}")
         transforms = Transforms(resize=input_shape[0], crop=input_shape[0], mean=mean, std=std,
@@ -668,7 +555,7 @@ def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
 def _torchvision_classes(model_name: str, state_dict) -> int | None:
     """The class count of a torchvision state dict: its classifier's output rows."""
     probe = create(model_name)
-    key = _module_name(probe.config["classifier"], family_of(model_name),
+    key = _module_name(probe.classifier[0], torchvision_rules(model_name),
                        _top_level_names(probe)) + ".weight"
     return int(state_dict[key].shape[0]) if key in state_dict else None
 
@@ -680,13 +567,8 @@ def _load_source(source: _Source, model: Model | None = None, input_shape=None,
     if source.kind == "zoo":
         variables, meta = ckpt.load_weights(source.path)
         if model is None:
-            saved, defaults = dict(meta.get("config") or {}), get_config(source.model)
-            overrides = {k: v for k, v in saved.items()
-                         if k not in DESCRIPTIVE_KEYS and k in defaults}
-            if source.num_classes:
-                overrides["num_classes"] = source.num_classes
-            model = create(source.model, **overrides)
-        shape = input_shape or (1, *meta.get("input_shape", model.config["input_shape"]))
+            model = registry.from_metadata(meta)
+        shape = input_shape or (1, *meta.get("input_shape", model.input_shape))
         abstract, _ = model.abstract_init(tuple(shape))
         return model, paths.load_into(abstract, variables, what=f"weights {source.path}")
     state_dict = read_state_dict(source.path)
@@ -714,7 +596,7 @@ def load(tag_or_path: str, model: str | Model | None = None, *, input_shape=None
     if not with_info:
         return built, variables
     classes = source.class_names
-    k = int(built.config["num_classes"])
+    k = built.num_classes
     if not classes or len(classes) != k:
         classes = [str(i) for i in range(k)]
     info = {"transforms": source.transforms, "class_names": list(classes), "source": source.kind,
@@ -731,7 +613,7 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
     Returns ``(variables, info)``. ``variables`` has the structure and shapes of the
     template ``variables`` (the model's fresh init at the training input size; default
     ``model.init(PRNGKey(seed))`` at its native size). Every leaf comes from the weights,
-    except the classifier's (``model.config["classifier"]``, and GoogLeNet's ``aux*/fc2``)
+    except the classifier's (``model.classifier``: GoogLeNet's aux heads' ``fc2`` too)
     when the class counts differ: those keep the template's fresh initialisation and
     ``info["message"]`` says so (also passed to ``log`` when given; ``scripts/train.py``
     prints it). Any other mismatch raises ``ValueError`` listing the paths (e.g. VGG's fc6
@@ -748,19 +630,18 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
         raise ValueError("load_for_finetuning needs the model to fine-tune (a name or a Model)")
     if isinstance(model, str):
         model = create(model, **({} if num_classes is None else {"num_classes": num_classes}))
-    elif num_classes is not None and int(model.config["num_classes"]) != int(num_classes):
-        raise ValueError(f"the model has {model.config['num_classes']} classes, "
+    elif num_classes is not None and model.num_classes != int(num_classes):
+        raise ValueError(f"the model has {model.num_classes} classes, "
                          f"num_classes={num_classes}")
     if variables is None:
         variables = model.init(jax.random.PRNGKey(seed))
     template = {"params": variables["params"], "state": variables.get("state", {})}
     source = _resolve(tag_or_path, model.name)
     extra = {k: v for k, v in model.config.items()
-             if k not in DESCRIPTIVE_KEYS and k != "num_classes"}
+             if k != "num_classes"}
     source_model, loaded = _load_source(source, None, None, extra)
 
-    src_classes = int(source_model.config["num_classes"])
-    dst_classes = int(model.config["num_classes"])
+    src_classes, dst_classes = source_model.num_classes, model.num_classes
     label = source.spec.tag if source.spec else os.path.basename(source.path)
     merged, reinit = paths.merge(loaded, template, what=f"pretrained {label} for {model.name}",
                                  skip=_classifier_paths(model) if src_classes != dst_classes else ())
@@ -819,8 +700,5 @@ def package_run(checkpoint: str, path: str, *, command: str | None = None,
 
 
 def _classifier_paths(model: Model) -> list[str]:
-    """``params/<classifier>`` and ``state/<classifier>`` roots, plus GoogLeNet's aux
-    heads' final layers."""
-    heads = [model.config["classifier"]]
-    heads += [f"{name}/fc2" for name, _ in model.network.children if name.startswith("aux")]
-    return [f"{g}/{h}" for g in ("params", "state") for h in heads]
+    """``params/<path>`` and ``state/<path>`` for each of the model's classifier paths."""
+    return [f"{g}/{h}" for g in ("params", "state") for h in model.classifier]

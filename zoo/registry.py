@@ -1,61 +1,198 @@
-"""Model registry: name -> builder, default config; and the :class:`Model` it builds.
+"""The model registry: name -> builder, defaults and the family's facts; the :class:`Model`
+it builds.
 
-Inspired by timm's registry (fnmatch listing, a pretrained config per model): each family
-file calls :func:`register` with a builder and the variant's defaults.
+Each family file calls :func:`register` once per variant with everything known about it:
+the builder and its default arguments, the descriptive metadata (paper, input size,
+mean/std, classifier paths), the published weights (:class:`WeightSpec`) and the rules
+that map its parameters to torchvision's keys (:class:`TorchvisionRules`). Listing follows
+timm's registry (fnmatch patterns).
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
 import functools
+import re
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from . import nn
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .images import IMAGENET_MEAN, IMAGENET_STD, Transforms
 from .kernels import ConvPolicy
 
+#: keys of a model's metadata (what describes it); the other config keys are its builder's
+DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
+                    "deviations", "aux_loss_weight")
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+# ----------------------------------------------------------------------------------------
+# Facts a family file registers.
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """A published set of weights. ``source`` is ``"torchvision"`` (``url`` + ``file``,
+    checked against ``sha256_prefix``) or ``"zoo"`` (``file`` in the package's assets)."""
+
+    tag: str
+    model: str
+    source: str
+    file: str
+    num_classes: int
+    transforms: Transforms | None      # None: from the file's metadata (zoo weights)
+    url: str | None = None
+    acc1: float | None = None          # published top-1 on the ImageNet-1k val set, %
+    acc5: float | None = None
+    origin: str = ""                   # e.g. torchvision's enum name
+    classes: str = "imagenet"          # "imagenet", or the class names live in the file
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        """The hash prefix in the file name (torch.hub's rule: ``-<hex>.``)."""
+        m = re.search(r"-([a-f0-9]+)\.", self.file)
+        return m.group(1) if m and self.source == "torchvision" else None
+
+
+def torchvision_weights(tag: str, model: str, file: str, acc1: float, acc5: float,
+                        origin: str, *, resize: int = 256,
+                        transform_input: bool = False) -> WeightSpec:
+    """A torchvision ImageNet-1k checkpoint: crop 224, bilinear, ImageNet mean/std
+    (``transform_input``: torchvision GoogLeNet's ``(x*std + mean - 0.5) / 0.5``)."""
+    transforms = Transforms(resize=resize, crop=224, transform_input=transform_input)
+    if transform_input:
+        transforms = dataclasses.replace(transforms, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return WeightSpec(tag=tag, model=model, source="torchvision", file=file,
+                      url=TORCHVISION_URL + file, num_classes=1000, transforms=transforms,
+                      acc1=acc1, acc5=acc5, origin=origin)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchvisionRules:
+    """How a family's ``/`` module paths become torchvision module names.
+
+    ``segments``: positional families (torchvision's ``nn.Sequential``): the model's
+    top-level layers are cut at the named layers (``(prefix, end)``: up to, not including,
+    ``end``; ``None``: to the last layer) and the i-th layer of a segment is ``prefix.i``.
+    ``rename``: regex substitutions applied in order to the module path. Then ``/``
+    becomes ``.``. ``optional``: regexes of source keys dropped when the model has nothing
+    for them (GoogLeNet's aux heads)."""
+
+    segments: tuple[tuple[str, str | None], ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    optional: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything registered about one model name."""
+
+    name: str
+    builder: Callable[..., nn.Layer]
+    defaults: Mapping[str, Any]        # the builder's arguments, num_classes included
+    meta: Mapping[str, Any]            # DESCRIPTIVE_KEYS
+    weights: tuple[WeightSpec, ...] = ()
+    torchvision: TorchvisionRules | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# The model.
+
+def _split(config: Mapping, meta: Mapping | None) -> tuple[dict, dict]:
+    config = dict(config)
+    if meta is None:
+        meta = {k: config.pop(k) for k in DESCRIPTIVE_KEYS if k in config}
+    meta = dict(meta)
+    classifier = meta.get("classifier", ())
+    meta["classifier"] = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return config, meta
+
+
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class Model:
-    """A built network plus its config and its conv policy.
+    """A built network, its builder arguments (``config``), what describes it (``meta``:
+    ``name``, ``input_shape`` (H, W, C) of the published model, ``mean``/``std`` per
+    channel for inputs in [0, 1], ``classifier`` paths, ``paper``, ...) and its conv
+    ``policy`` (:class:`zoo.ConvPolicy`).
 
-    ``config`` holds at least ``name``, ``input_shape`` (H, W, C) at which the published
-    model runs, ``mean``/``std`` (per channel, for inputs scaled to [0, 1]),
-    ``num_classes`` and ``classifier`` (the param path of the final layer). ``policy`` is
-    how its convolutions run (:class:`zoo.ConvPolicy`).
-
-    A model is hashable and a pytree without leaves: it may be a static argument of
-    ``jax.jit`` or a plain one. Two models are equal when they share the network, the config
-    and the policy, so a program traced for one policy is never reused for another.
+    ``Model(network, config, meta=None)``: without ``meta`` the descriptive keys are taken
+    out of ``config`` (handy for a hand-built net). A model is hashable and a pytree without
+    leaves: a static or a plain argument of ``jax.jit``. Models are equal when they share the
+    network, config, metadata and policy, so a program traced for one policy is never
+    reused for another.
     """
 
     network: nn.Layer
     config: Mapping[str, Any]
-    policy: ConvPolicy = ConvPolicy()
+    meta: Mapping[str, Any]
+    policy: ConvPolicy
+
+    def __init__(self, network: nn.Layer, config: Mapping[str, Any],
+                 meta: Mapping[str, Any] | None = None, policy: ConvPolicy | None = None):
+        config, meta = _split(config, meta)
+        for name, value in (("network", network), ("config", config), ("meta", meta),
+                            ("policy", policy or ConvPolicy())):
+            object.__setattr__(self, name, value)
 
     def __eq__(self, other):
         return (type(other) is type(self) and other.network is self.network
-                and other.policy == self.policy and dict(other.config) == dict(self.config))
+                and other.policy == self.policy and dict(other.config) == dict(self.config)
+                and dict(other.meta) == dict(self.meta))
 
     def __hash__(self):
         return hash((type(self), id(self.network), self.policy))
+
+    # -- what it is
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) at which the published model runs."""
+        return tuple(self.meta["input_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.meta.get("mean", IMAGENET_MEAN))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.meta.get("std", IMAGENET_STD))
+
+    @property
+    def classifier(self) -> tuple[str, ...]:
+        """Param paths of the layers that map features to classes (GoogLeNet: its aux
+        heads' last layers too): re-initialised when fine-tuning to another class count."""
+        return tuple(self.meta.get("classifier", ()))
+
+    @property
+    def aux_loss_weight(self) -> float:
+        return float(self.meta.get("aux_loss_weight") or 0.0)
+
+    def metadata(self) -> dict:
+        """Builder arguments and metadata in one dict (what checkpoints record as ``config``)."""
+        return {**self.meta, **self.config}
 
     def with_policy(self, policy: ConvPolicy) -> "Model":
         """The same network and config under another conv policy (a different model)."""
         if not isinstance(policy, ConvPolicy):
             raise TypeError(f"policy must be a zoo.ConvPolicy, got {policy!r}")
-        return dataclasses.replace(self, policy=policy)
+        return self._replace(policy=policy)
 
-    @property
-    def name(self) -> str:
-        return self.config["name"]
+    def _replace(self, **changes) -> "Model":
+        new = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, changes.get(f.name, getattr(self, f.name)))
+        return new
 
+    # -- running it
     def default_input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
-        return (batch, *self.config["input_shape"])
+        return (batch, *self.input_shape)
 
     def init(self, key, input_shape=None) -> dict:
         """``{"params", "state"}`` for inputs of ``input_shape`` (N, H, W, C); the default is
@@ -92,7 +229,7 @@ class Model:
         """``(logits, {head: logits}, new_state)``: :meth:`apply` plus the side heads'
         outputs (GoogLeNet's auxiliary classifiers; ``{}`` for a model without any), which
         run here in train and eval mode alike. Their loss weight is
-        ``config["aux_loss_weight"]``."""
+        :attr:`aux_loss_weight`."""
         fn = self.network.apply_with_aux
         if fn is None:
             logits, new_state = self.apply(params, state, x, train=train, rng=rng)
@@ -110,77 +247,106 @@ class Model:
                                  f"layers ({', '.join('/'.join(p) for p in dropout)})")
 
     def _check_shape(self, shape):
-        channels = self.config["input_shape"][-1]
+        channels = self.input_shape[-1]
         if len(shape) != 4 or shape[-1] != channels:
             raise ValueError(f"{self.name} expects NHWC input with {channels} channel(s), "
                              f"e.g. {self.default_input_shape()}; got shape {shape}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    name: str
-    builder: Callable[..., nn.Layer]
-    defaults: Mapping[str, Any]
+# ----------------------------------------------------------------------------------------
+# Registering, listing, building.
+
+_REGISTRY: dict[str, ModelSpec] = {}
 
 
-_REGISTRY: dict[str, Entry] = {}
-
-
-def register(name: str, builder: Callable[..., nn.Layer], **defaults) -> None:
-    """Register ``builder(**config) -> Layer`` under ``name``. ``defaults`` must give
-    ``input_shape``, ``num_classes``, ``classifier``, ``paper``, ``year``; ``mean``/``std``
-    default to ImageNet's."""
+def register(name: str, builder: Callable[..., nn.Layer], *, input_shape, num_classes: int,
+             classifier, paper: str, year: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             deviations: str = "", aux_loss_weight: float | None = None,
+             weights: tuple[WeightSpec, ...] = (), torchvision: TorchvisionRules | None = None,
+             **defaults) -> None:
+    """Register ``builder(num_classes=..., **defaults) -> Layer`` under ``name`` with its
+    metadata, its published ``weights`` and its ``torchvision`` key rules. ``classifier``:
+    the path (or paths) of the layers that output classes."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    missing = {"input_shape", "num_classes", "classifier", "paper", "year"} - set(defaults)
-    if missing:
-        raise ValueError(f"model {name!r} is missing config keys {sorted(missing)}")
-    defaults.setdefault("mean", IMAGENET_MEAN)
-    defaults.setdefault("std", IMAGENET_STD)
-    defaults.setdefault("deviations", "")
-    _REGISTRY[name] = Entry(name, builder, dict(defaults, name=name))
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching an fnmatch ``pattern``, sorted."""
-    _load_families()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
-
-
-def get_config(name: str) -> dict:
-    _load_families()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
-    return dict(_REGISTRY[name].defaults)
-
-
-#: keys that describe the model rather than parametrise its builder
-DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
-                    "deviations", "aux_loss_weight")
-
-
-def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy | None = None,
-           **config) -> Model:
-    """Build a registered model. ``config`` overrides its defaults (e.g. ``aux_logits=True``).
-    Builders receive every non-descriptive key, ``num_classes`` included. ``conv_policy``:
-    how its convolutions run (default ``ConvPolicy()``)."""
-    cfg = get_config(name)
-    if num_classes is not None:
-        config["num_classes"] = num_classes
-    unknown = set(config) - set(cfg)
-    if unknown:
-        raise ValueError(f"{name}: unknown config {sorted(unknown)}; known: {sorted(cfg)}")
-    cfg.update(config)
-    if int(cfg["num_classes"]) < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {cfg['num_classes']}")
-    builder_args = {k: v for k, v in cfg.items() if k not in DESCRIPTIVE_KEYS}
-    model = Model(_REGISTRY[name].builder(**builder_args), cfg)
-    return model if conv_policy is None else model.with_policy(conv_policy)
+    meta = dict(name=name, input_shape=tuple(input_shape), mean=tuple(mean), std=tuple(std),
+                classifier=(classifier,) if isinstance(classifier, str) else tuple(classifier),
+                paper=paper, year=year, deviations=deviations)
+    if aux_loss_weight is not None:
+        meta["aux_loss_weight"] = float(aux_loss_weight)
+    for w in weights:
+        if w.model != name:
+            raise ValueError(f"weights {w.tag} are for {w.model}, registered with {name}")
+    _REGISTRY[name] = ModelSpec(name, builder, dict(defaults, num_classes=num_classes), meta,
+                                tuple(weights), torchvision)
 
 
 @functools.cache
 def _load_families():
     from . import models  # noqa: F401  (registers every family)
+
+
+def spec(name: str) -> ModelSpec:
+    """Everything registered about ``name``; an unknown name lists the known ones."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+    """Registered names matching an fnmatch ``pattern``, sorted; ``pretrained=True``: only
+    those with published weights."""
+    _load_families()
+    return sorted(n for n, s in _REGISTRY.items()
+                  if fnmatch.fnmatchcase(n, pattern) and (s.weights or not pretrained))
+
+
+def all_weights() -> dict[str, WeightSpec]:
+    """tag -> :class:`WeightSpec` of every registered model."""
+    _load_families()
+    return {w.tag: w for s in _REGISTRY.values() for w in s.weights}
+
+
+def list_weights(pattern: str = "*") -> list[str]:
+    """Weight tags matching an fnmatch ``pattern`` (``"resnet*"``), sorted."""
+    return sorted(t for t in all_weights() if fnmatch.fnmatchcase(t, pattern))
+
+
+def get_config(name: str) -> dict:
+    """The registered defaults and metadata of ``name`` in one dict."""
+    s = spec(name)
+    return {**s.meta, **s.defaults}
+
+
+def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy | None = None,
+           **config) -> Model:
+    """Build a registered model. ``config`` overrides its builder's defaults (e.g.
+    ``aux_logits=True``); ``conv_policy``: how its convolutions run (default
+    ``ConvPolicy()``)."""
+    s = spec(name)
+    if num_classes is not None:
+        config["num_classes"] = num_classes
+    unknown = set(config) - set(s.defaults)
+    if unknown:
+        raise ValueError(f"{name}: unknown config {sorted(unknown)}; known: {sorted(s.defaults)}")
+    args = {**s.defaults, **config}
+    if int(args["num_classes"]) < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {args['num_classes']}")
+    return Model(s.builder(**args), args, s.meta, conv_policy)
+
+
+def from_metadata(meta: Mapping[str, Any], *, conv_policy: ConvPolicy | None = None) -> Model:
+    """Rebuild the model a checkpoint or weights file was saved from: its ``model`` name,
+    the builder arguments in its ``config`` and its ``num_classes``."""
+    name = meta.get("model")
+    if not name:
+        raise ValueError("the metadata names no model (no 'model' key)")
+    saved = dict(meta.get("config") or {})
+    overrides = {k: v for k, v in saved.items() if k in spec(name).defaults}
+    if meta.get("num_classes"):
+        overrides["num_classes"] = int(meta["num_classes"])
+    return create(name, conv_policy=conv_policy, **overrides)
 
 
 jax.tree_util.register_static(Model)

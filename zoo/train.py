@@ -246,14 +246,16 @@ def _base_optimizer(cfg: TrainConfig, schedule) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def param_labels(params, classifier: str | None, frozen) -> Any:
-    """``"frozen"``, ``"head"`` (under the model's classifier) or ``"backbone"`` per param."""
+def param_labels(params, classifier: Sequence[str] | str | None, frozen) -> Any:
+    """``"frozen"``, ``"head"`` (under one of the model's classifier paths) or
+    ``"backbone"`` per param."""
     flat_frozen = paths.flatten(frozen)
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
 
     def label(path, _):
         if flat_frozen.get(path):
             return "frozen"
-        if classifier and (path == classifier or path.startswith(classifier + "/")):
+        if paths.matches(path, heads):
             return "head"
         return "backbone"
 
@@ -321,9 +323,9 @@ class Trainer:
         self.process_count = len({d.process_index for d in self.devices})
         self.local_batch = cfg.batch_size // self.process_count
         self.steps_per_epoch = steps_per_epoch
-        self.classifier = model.config.get("classifier")
-        self.aux_loss_weight = float(model.config.get("aux_loss_weight", 0.0)
-                                     if cfg.aux_loss_weight is None else cfg.aux_loss_weight)
+        self.classifier = model.classifier
+        self.aux_loss_weight = float(model.aux_loss_weight if cfg.aux_loss_weight is None
+                                     else cfg.aux_loss_weight)
         params_template = params_template if params_template is not None else \
             model.abstract_init()[0]["params"]
         self.frozen = frozen_mask(params_template, cfg.freeze)
@@ -727,7 +729,7 @@ def prepare(cfg: TrainConfig, *, model=None, data=None, log: Callable = print) -
     """Resolve model, data, classes and input shape; every failure is a :class:`ConfigError`."""
     dmod = _data()
     if model is not None:
-        model_cfg = dict(model.config)
+        model_cfg = model.metadata()
     else:
         try:
             model_cfg = registry.get_config(cfg.model)
@@ -766,8 +768,8 @@ def prepare(cfg: TrainConfig, *, model=None, data=None, log: Callable = print) -
             model = registry.create(cfg.model, num_classes=num_classes, **extra)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    elif int(model.config["num_classes"]) < classes:
-        raise ConfigError(f"the model has {model.config['num_classes']} outputs, the data "
+    elif model.num_classes < classes:
+        raise ConfigError(f"the model has {model.num_classes} outputs, the data "
                           f"{classes} classes")
     try:
         dmod.check_batch_size(train_ds, cfg.batch_size)
@@ -821,8 +823,8 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
                       state_template=variables["state"])
 
     if cfg.pretrained or "mean" in pre_info:
-        mean = tuple(pre_info.get("mean", model.config["mean"]))
-        std = tuple(pre_info.get("std", model.config["std"]))
+        mean = tuple(pre_info.get("mean", model.mean))
+        std = tuple(pre_info.get("std", model.std))
     else:
         mean, std = tuple(train_all.mean), tuple(train_all.std)
 
@@ -841,7 +843,7 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         log(f"frozen: {n_frozen:,} of {num_params:,} params ({', '.join(cfg.freeze)})")
 
     meta_common = {
-        "model": model.name, "config": dict(model.config), "num_classes": setup["num_classes"],
+        "model": model.name, "config": model.metadata(), "num_classes": setup["num_classes"],
         "input_shape": list(setup["image_shape"]), "mean": list(mean), "std": list(std),
         "class_names": list(train_all.class_names), "dataset": _dataset_label(cfg.dataset),
         "settings": cfg.to_json()}
@@ -863,7 +865,7 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
             os.makedirs(run_dir, exist_ok=True)
             _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), [])
     if _is_main():
-        resolved = {"settings": cfg.to_json(), "model_config": ckpt.jsonable(dict(model.config)),
+        resolved = {"settings": cfg.to_json(), "model_config": ckpt.jsonable(model.metadata()),
                     "resolved": ckpt.jsonable({
                         "output_dir": run_dir, "image_shape": setup["image_shape"],
                         "num_classes": setup["num_classes"], "class_names": train_all.class_names,
@@ -935,20 +937,18 @@ def load_run(run_dir: str, checkpoint: str | None = None):
         if os.path.exists(summary_path):
             with open(summary_path) as f:
                 path = json.load(f).get("checkpoint")
+            if path:  # the run's own copy: the directory may have been moved or copied
+                path = os.path.join(run_dir, "checkpoints", os.path.basename(path))
         if not path or not os.path.exists(path):
             path = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).best() or \
                 ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if not path or not os.path.exists(path):
         raise ConfigError(f"no checkpoint found in {run_dir}; is it a run directory?")
     variables, meta = ckpt.load_weights(path)
-    name = meta.get("model")
-    model_cfg = dict(meta.get("config") or {})
     try:
-        overrides = {k: v for k, v in model_cfg.items()
-                     if k not in registry.DESCRIPTIVE_KEYS and k in registry.get_config(name)}
-        model = registry.create(name, **overrides)
+        model = registry.from_metadata(meta)
     except ValueError as e:
-        raise ConfigError(f"{path}: cannot rebuild model {name!r}: {e}") from e
+        raise ConfigError(f"{path}: cannot rebuild model {meta.get('model')!r}: {e}") from e
     abstract, _ = model.abstract_init((1, *meta["input_shape"]))
     variables = paths.load_into(abstract, variables, what=f"checkpoint {path}")
     meta["path"] = path

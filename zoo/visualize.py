@@ -243,13 +243,13 @@ def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape
         model = zoo.create(name)
         shape = input_shape or model.default_input_shape()
         variables = xla.jit(model.init, static_argnums=1)(jax.random.key(seed), tuple(shape))
-        k = int(model.config["num_classes"])
+        k = model.num_classes
         names = _default_class_names(k)
-        return model, variables, names, dict(model.config)
+        return model, variables, names, model.metadata()
     from . import pretrained
 
     model, variables, info = pretrained.load(weights, name, input_shape=input_shape, with_info=True)
-    config = dict(model.config)
+    config = model.metadata()
     transforms = info.get("transforms")
     if transforms is not None:
         config["mean"], config["std"] = tuple(transforms.mean), tuple(transforms.std)
@@ -278,7 +278,7 @@ def score_map_report(model, variables, image: np.ndarray, out: str, *, config=No
     "png", "fcn"}``. Probabilities are the softmax of the position-averaged scores."""
     from . import fully_conv
 
-    config = config or model.config
+    config = config or model.metadata()
     fcn, fvars = fully_conv.convert(model, variables)
     x = images.prepare(image, channels=config["input_shape"][-1], mean=config["mean"],
                        std=config["std"], size=size, invert=invert)

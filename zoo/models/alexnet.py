@@ -1,26 +1,17 @@
 """AlexNet: Krizhevsky, Sutskever & Hinton, "ImageNet classification with deep convolutional
-neural networks", NIPS 2012; and Krizhevsky, "One weird trick for parallelizing
-convolutional neural networks", arXiv:1404.5997, 2014.
+neural networks", NIPS 2012; Krizhevsky, "One weird trick for parallelizing convolutional
+neural networks", arXiv:1404.5997, 2014.
 
-- ``alexnet``: torchvision's ``alexnet`` (the "one weird trick" single tower, 64-192-384-
-  256-256, no LRN, no groups): 61,100,840 parameters. Weights: torchvision
-  ``AlexNet_Weights.IMAGENET1K_V1``. At 224, conv1 gives (224 - 11 + 2*2)/4 + 1 = 55.25
-  and torch floors it, so conv1 (and only conv1) declares ``rounding="floor"``.
-  torchvision's ``AdaptiveAvgPool2d((6, 6))`` is left out: it is the identity at 224, and
-  fc6's input size follows from the input shape at init (64x64 works too).
-- ``alexnet_2012``: the paper's two-tower net at 227 (the cs231n notes' reading of the
-  paper's "224"): conv1 96 11x11/4 -> 55x55x96 (34,944 parameters), ReLU, LRN (paper form,
-  k=2, n=5, alpha=1e-4, beta=0.75) after conv1 and conv2, overlapping 3/2 max pools,
-  conv2/conv4/conv5 in 2 groups (the two GPUs), dropout 0.5 on fc6 and fc7: 60,965,224
-  parameters. No published weights. Every layer fits exactly, so 224 fails at conv1
-  ((224 - 11)/4 + 1 = 54.25).
+- ``alexnet``: torchvision's single tower ("one weird trick", 64-192-384-256-256, no LRN):
+  61,100,840 parameters; weights torchvision ``IMAGENET1K_V1``. conv1 floors (224 gives
+  55.25); torchvision's ``AdaptiveAvgPool2d((6, 6))`` (the identity at 224) is left out.
+- ``alexnet_2012``: the paper's two-tower net at 227 (the notes' reading): conv1 55x55x96
+  (34,944 parameters), LRN after conv1 and conv2, conv2/4/5 in 2 groups: 60,965,224
+  parameters; no weights.
 
-Names follow Caffe: ``conv{i}``, ``relu{i}``, ``norm{i}``, ``pool{i}``, ``flatten``,
-``fc6``-``fc8`` with ``drop6``/``drop7``. torchvision keys: ``features.{0,3,6,8,10}`` ->
-``conv1``..``conv5``, ``classifier.{1,4,6}`` -> ``fc6``, ``fc7``, ``fc8``.
-
-:func:`build` (a table of :class:`ConvStage` plus :func:`classifier`) is shared with ZFNet;
-:func:`classifier` with VGG.
+Names follow Caffe (``conv{i}``, ``norm{i}``, ``pool{i}``, ``fc6``-``fc8``); torchvision's
+positions: :data:`SEQUENTIAL`. :func:`build` is shared with ZFNet, :func:`classifier` with
+VGG.
 """
 from __future__ import annotations
 
@@ -28,7 +19,7 @@ import functools
 from typing import NamedTuple
 
 from .. import nn
-from ..registry import register
+from ..registry import TorchvisionRules, register, torchvision_weights
 
 
 class ConvStage(NamedTuple):
@@ -93,9 +84,16 @@ def build(stages, num_classes=1000, **head) -> nn.Layer:
     return nn.Sequential(conv_stack(stages) + classifier(num_classes, len(stages) + 1, **head))
 
 
+#: torchvision's ``nn.Sequential`` halves: top-level layers up to ``flatten`` are
+#: ``features.i``, the rest ``classifier.i`` (VGG's too).
+SEQUENTIAL = TorchvisionRules(segments=(("features", "flatten"), ("classifier", None)))
+
 _PAPER = "Krizhevsky, Sutskever & Hinton, ImageNet classification with deep CNNs, NIPS 2012"
 register("alexnet", functools.partial(build, ALEXNET, dropout_first=True),
          input_shape=(224, 224, 3), num_classes=1000, classifier="fc8", year=2014,
+         torchvision=SEQUENTIAL,
+         weights=(torchvision_weights("alexnet.tv_in1k", "alexnet", "alexnet-owt-7be5be79.pth",
+                                      56.522, 79.066, "AlexNet_Weights.IMAGENET1K_V1"),),
          paper="Krizhevsky, One weird trick for parallelizing CNNs, arXiv:1404.5997, 2014",
          deviations="torchvision layout without AdaptiveAvgPool2d((6, 6)) (identity at 224); "
                     "fc6's input size follows the input shape")

@@ -1,47 +1,21 @@
 """GoogLeNet (Inception v1): Szegedy et al., "Going deeper with convolutions", CVPR 2015
-(arXiv:1409.4842, 2014).
+(arXiv:1409.4842).
 
-Both variants share one builder; they differ only in data (:data:`TORCHVISION`,
-:data:`PAPER`): the conv unit, the trunk layout, the kernel of the "5x5" branch, the
-classifier head and the aux heads' pool. Inception modules are rows of Table 1's branch
-widths, :data:`INCEPTION`.
+Two variants of one builder, differing only in data (:data:`TORCHVISION`, :data:`PAPER`);
+Inception modules are rows of Table 1's branch widths (:data:`INCEPTION`).
 
-- ``googlenet``: torchvision's ``GoogLeNet``, the layout its ImageNet weights have. Every
-  conv is ``BasicConv2d``: conv without bias, BatchNorm (eps 1e-3), ReLU; no LRN. Its
-  "5x5" branch is a 3x3 conv (a known torchvision slip, pytorch/vision#906, kept because
-  the weights have it); ``maxpool4`` is 2x2/2; the head is a global average pool, dropout
-  0.2 and ``fc``. 6,624,904 parameters (13,004,888 with ``aux_logits=True``), 1.50 GMACs
-  at 224. torchvision's ``transform_input`` (re-normalising inputs from ImageNet mean/std
-  to mean 0.5/std 0.5, on by default with its pretrained weights) is a property of those
-  weights, not of the architecture: the importer folds it into ``conv1``, or the caller
-  normalises accordingly; it is not a layer here.
-- ``googlenet_2014``: the paper's network (Table 1; Caffe's ``bvlc_googlenet`` for what
-  the paper leaves open): convs with bias and ReLU, no BatchNorm, true 5x5 branches, LRN
-  after ``maxpool1`` and after ``conv3`` (Caffe's form: size 5, alpha 1e-4 divided by the
-  size, beta 0.75, k 1), max pools 3x3/2 with Caffe's ceil rule, a 7x7/1 average pool
-  (so the 5b map must be at least 7x7: inputs of 223 or more), dropout 0.4 and ``fc``.
-  Preprocessing is Caffe's: mean subtraction on 0-255 pixels (``std`` 1/255), which the
-  LRN constants assume. No published total parameter count: Table 1's per-module params
-  column is what the tests check (see ``tests/test_googlenet.py`` for its errata).
+- ``googlenet``: torchvision's layout, the one its weights have: conv (no bias) + BatchNorm
+  (eps 1e-3) + ReLU everywhere, no LRN, the "5x5" branch a 3x3 (torchvision's slip, kept
+  for the weights), ``maxpool4`` 2x2/2: 6,624,904 parameters. Its weights' ``transform_input``
+  belongs to the weights (their transforms), not to the model.
+- ``googlenet_2014``: the paper's network, Caffe's ``bvlc_googlenet`` where the paper is
+  silent: biased convs, true 5x5 branches, LRN, ceil-rule pools, 7x7/1 average pool (inputs
+  of 223 or more), Caffe's 0-255 mean subtraction.
 
-Trunk names follow torchvision for both variants (``conv1``, ``maxpool1``, ``conv2`` =
-the paper's "3x3 reduce" of the second conv stage, ``conv3``, ``maxpool2``,
-``inception3a`` ... ``inception5b``, ``fc``); the paper variant adds ``norm1``/``norm2``.
-Inside a module: ``branch1`` (1x1), ``branch2`` (``reduce`` 1x1, ``conv`` 3x3),
-``branch3`` (``reduce`` 1x1, ``conv`` 5x5 or torchvision's 3x3), ``branch4`` (``pool``
-3x3/1, ``proj`` 1x1). Each conv unit is ``conv`` [+ ``bn``] + ``relu``.
-
-Auxiliary classifiers (``aux_logits=True``; default ``False`` for both variants, so that
-``create(name)`` is the network the paper evaluates and counts, the aux heads being
-"discarded at inference time") are attached after ``inception4a`` (``aux1``) and
-``inception4d`` (``aux2``): pool (torchvision: adaptive average to 4x4; paper: average
-5x5/3, 14x14 -> 4x4), ``conv`` 1x1 128 (+BN for torchvision) + ReLU, ``fc1`` 2048 -> 1024,
-ReLU, dropout 0.7, ``fc2`` -> classes. Their params live under ``aux1``/``aux2``.
-
-``model.apply`` returns the main logits only and never runs the aux heads (as torchvision
-in eval, and at no cost in train); ``model.apply_with_aux`` also returns ``{"aux1", "aux2"}``
-(:func:`zoo.nn.WithSideHeads`). The paper's loss adds the aux losses weighted by 0.3, the
-model's ``aux_loss_weight``, which the trainer reads.
+``aux_logits=True`` adds the auxiliary classifiers after ``inception4a``/``4d``
+(:func:`zoo.nn.WithSideHeads`): ``model.apply`` never runs them, ``model.apply_with_aux``
+returns them too; the trainer weights their loss by the model's ``aux_loss_weight`` (0.3).
+Names, heads and errata: docs/architectures.md.
 """
 from __future__ import annotations
 
@@ -49,7 +23,7 @@ import dataclasses
 from typing import Callable
 
 from .. import nn
-from ..registry import register
+from ..registry import TorchvisionRules, register, torchvision_weights
 
 #: Table 1's branch widths: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
 INCEPTION = {
@@ -194,13 +168,26 @@ def googlenet_2014(num_classes: int = 1000, aux_logits: bool = False) -> nn.Laye
 
 
 _PAPER_REF = "Szegedy et al., Going deeper with convolutions, CVPR 2015 (arXiv:1409.4842)"
-register("googlenet", googlenet, input_shape=(224, 224, 3), num_classes=1000, classifier="fc",
-         aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF, year=2014,
+#: torchvision's module names: a branch's convs are positions 0 and 1 of its Sequential;
+#: its aux heads' keys are dropped when the model has none.
+TORCHVISION_RULES = TorchvisionRules(
+    rename=((r"\b(branch[23])/reduce\b", r"\1/0"), (r"\b(branch[23])/conv\b", r"\1/1"),
+            (r"\b(branch4)/proj\b", r"\1/1")),
+    optional=(r"^aux[12]\.",))
+#: the class outputs: the main classifier and each aux head's last layer
+CLASSIFIER = ("fc", *(f"{head}/fc2" for head in AUX_TAPS))
+
+register("googlenet", googlenet, input_shape=(224, 224, 3), num_classes=1000,
+         classifier=CLASSIFIER, aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT,
+         paper=_PAPER_REF, year=2014, torchvision=TORCHVISION_RULES,
+         weights=(torchvision_weights("googlenet.tv_in1k", "googlenet", "googlenet-1378be20.pth",
+                                      69.778, 89.530, "GoogLeNet_Weights.IMAGENET1K_V1",
+                                      transform_input=True),),
          deviations="torchvision's variant: BatchNorm (eps 1e-3) after every conv and no LRN; "
                     "the '5x5' branch is 3x3; maxpool4 is 2x2/2; global average pool, dropout "
                     "0.2; transform_input belongs to the pretrained weights, not the model")
 register("googlenet_2014", googlenet_2014, input_shape=(224, 224, 3), num_classes=1000,
-         classifier="fc", aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF,
+         classifier=CLASSIFIER, aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF,
          year=2014,
          mean=(123 / 255, 117 / 255, 104 / 255), std=(1 / 255,) * 3,
          deviations="layers the paper leaves open follow Caffe's bvlc_googlenet (LRN form, "

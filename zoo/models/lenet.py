@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import nn
-from ..registry import register
+from ..registry import WeightSpec, register
 
 # Table I of the paper: which S2 maps (rows) feed each C3 map (columns).
 C3_TABLE = np.array([
@@ -73,6 +73,12 @@ def lenet5_1998(num_classes: int = 10) -> nn.Layer:
 _DIGITS = dict(input_shape=(32, 32, 1), num_classes=10, mean=(0.5,), std=(0.5,), year=1998,
                paper="LeCun et al., Gradient-based learning applied to document recognition, 1998")
 register("lenet5", lenet5, classifier="fc3",
+         # Trained by `zoo train` with its defaults; its metadata holds the command, the
+         # accuracy, the class names and the training split's mean/std.
+         weights=(WeightSpec(tag="lenet5.digits", model="lenet5", source="zoo",
+                             file="lenet5_digits.safetensors", num_classes=10, transforms=None,
+                             origin="zoo train defaults (lenet5 on the digits)",
+                             classes="file"),),
          deviations="modern reading: ReLU and max pooling, full C3 connections", **_DIGITS)
 register("lenet5_1998", lenet5_1998, classifier="output",
          deviations="output layer is dense instead of Euclidean RBF units", **_DIGITS)

@@ -1,65 +1,28 @@
 """ResNet: He, Zhang, Ren & Sun, "Deep residual learning for image recognition", CVPR 2016
-(arXiv 1512.03385); and the pre-activation ResNet of He, Zhang, Ren & Sun, "Identity
-mappings in deep residual networks", ECCV 2016 (arXiv 1603.05027).
+(arXiv 1512.03385); pre-activation ResNet: "Identity mappings in deep residual networks",
+ECCV 2016 (arXiv 1603.05027).
 
-One builder, :func:`resnet`; the variants are the rows of :data:`DEPTHS` (block kind,
-blocks per stage: Table 1 of the CVPR paper) and the block kinds are the rows of
-:data:`BLOCKS` (each conv as kernel, width multiplier, whether it takes the stage stride).
+One builder, :func:`resnet`: depths are rows of :data:`DEPTHS` (block kind, blocks per
+stage, Table 1), block kinds rows of :data:`BLOCKS` (kernel, width multiplier, strided).
 
-``resnet18`` ... ``resnet152``: torchvision's ResNet ("v1.5", weight source
-``torchvision.models.resnetNN``). Conv (no bias) -> BatchNorm (eps 1e-5, momentum 0.1) ->
-ReLU; stem conv 7x7/2 pad 3, BN, ReLU, max pool 3x3/2 pad 1; four stages of widths 64,
-128, 256, 512 (x4 at the output of a bottleneck), the first block of stages 2-4 strided;
-``relu(body(x) + shortcut(x))`` with a projection shortcut (1x1 conv, stride s, + BN)
-where the shape changes; global average pool; fc. Parameter paths mirror torchvision's
-keys: ``conv1``, ``bn1``, ``layer1/0/conv1``, ``layer2/0/downsample/conv`` (torchvision's
-``downsample.0``) and ``.../downsample/bn`` (``downsample.1``), ``fc``. BN ``weight`` is our
-``scale``; running statistics are state. Parameters at 1000 classes, equal to
-torchvision's ``num_params``: 11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 /
-60,192,808. Multiply-accumulates at 224x224 (convs and fc): 1.814 / 3.664 / 4.089 / 7.801 /
-11.514 G. Deviation from the CVPR paper (none from torchvision): the bottleneck puts its
-stride on the 3x3 conv instead of the first 1x1 ("v1.5", as fb.resnet.torch did).
+- ``resnet18`` ... ``resnet152``: torchvision's ResNet ("v1.5": the bottleneck's stride on
+  its 3x3, not the paper's first 1x1); weights torchvision ``IMAGENET1K_V1`` and ``_V2``.
+  Paths mirror torchvision's keys (``layer2/0/downsample/conv`` is ``downsample.0``).
+  11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 / 60,192,808 parameters.
+- ``preact_resnet18`` ... ``152``: full pre-activation units (Fig. 4e), the stem, projections
+  and final BN-ReLU as fb.resnet.torch's ``preresnet.lua``; no weights.
 
-``preact_resnet18`` ... ``preact_resnet152``: full pre-activation units (Fig. 4e of the
-ECCV paper), ``x + body(x)`` with ``body = (BN -> ReLU -> conv) x 2 or 3`` and nothing after
-the addition. No pretrained weights. Choices, all as the authors' ImageNet code
-(fb.resnet.torch ``models/preresnet.lua``, commit 7ac4a9f):
-
-- stem: conv 7x7/2 pad 3, BN, ReLU, max pool 3x3/2 pad 1, as the post-activation net. The
-  stem's BN-ReLU is the first unit's pre-activation ("for the first Residual Unit, that
-  follows a stand-alone convolutional layer, we adopt the first activation right after conv1
-  and before splitting into two paths", sec. 4.1), so ``layer1/0`` has no ``bn1``.
-- where a unit changes shape (first unit of stages 2-4, and ``layer1/0`` of the bottleneck
-  nets) its BN-ReLU (``bn1``) is applied before the split and the projection shortcut, a
-  plain 1x1 strided conv without BN (``downsample/conv``), sees the pre-activated input;
-  an identity shortcut carries the raw, un-normalized input.
-- a final BN-ReLU (``bn_final``) after the last unit, before the pool ("an extra activation
-  right after its element-wise addition", sec. 4.1).
-- bottleneck stride on the 3x3 conv; convs without bias (every one feeds a BN, directly or
-  through the identity path, so a bias is redundant; fb.resnet.torch drops them too).
-- BatchNorm eps 1e-5, momentum 0.1, as the post-activation nets.
-
-Parameter paths: ``layerS/B/bnK`` is the BN-ReLU in front of ``layerS/B/convK``.
-Parameters at 1000 classes (closed form in ``tests/test_resnet.py``): preact_resnet18
-11,687,720; preact_resnet34 21,795,880; preact_resnet50 25,549,352; preact_resnet101
-44,541,480; preact_resnet152 60,185,128.
-
-Compile time: a stage's blocks after the first are identical, and each stage is a
-scannable ``nn.Sequential(scan=True)``: runs of at least ``ConvPolicy.scan_min_run`` (6) of
-them run as one ``jax.lax.scan`` over their stacked params (ResNet-101's and -152's long
-stages); the params keep their per-block paths.
-
-Every strided layer (stem conv and pool, strided 3x3 convs, strided 1x1 projections) declares
-``rounding="floor"``, torch's rule: at 224 the stem conv gives ``(224 - 7 + 6)/2 + 1 =
-112.5 -> 112``. Stride-1 layers fit exactly at any size. Stage outputs at 224: 56, 28, 14, 7;
-at 32: 8, 4, 2, 1.
+Strided layers declare ``rounding="floor"`` (torch's rule: the stem gives 112.5 -> 112 at
+224). Each stage is ``nn.Sequential(scan=True)``: runs of ``ConvPolicy.scan_min_run``
+identical blocks compile as one ``lax.scan`` (ResNet-101/152). Details, choices and counts:
+docs/architectures.md.
 """
 from __future__ import annotations
 
 import functools
 
 from .. import nn
-from ..registry import register
+from ..registry import TorchvisionRules, register, torchvision_weights
 
 #: depth -> (block kind, blocks per stage); CVPR paper, Table 1.
 DEPTHS = {
@@ -137,12 +100,35 @@ def resnet(depth: int, *, preact: bool = False, num_classes: int = 1000) -> nn.L
     return nn.Sequential(layers)
 
 
+#: torchvision's module names: ``layerS.B.downsample.0`` / ``.1`` for the projection.
+TORCHVISION = TorchvisionRules(rename=((r"/downsample/conv$", "/downsample/0"),
+                                       (r"/downsample/bn$", "/downsample/1")))
+
+#: Facts from torchvision 0.29's weight enums: depth -> (version, file, acc@1, acc@5);
+#: V2 (the newer recipe) is evaluated at resize 232.
+WEIGHTS = {
+    18: (("V1", "resnet18-f37072fd.pth", 69.758, 89.078),),
+    34: (("V1", "resnet34-b627a593.pth", 73.314, 91.420),),
+    50: (("V1", "resnet50-0676ba61.pth", 76.130, 92.862),
+         ("V2", "resnet50-11ad3fa6.pth", 80.858, 95.434)),
+    101: (("V1", "resnet101-63fe2227.pth", 77.374, 93.546),
+          ("V2", "resnet101-cd907fc2.pth", 81.886, 95.780)),
+    152: (("V1", "resnet152-394f9c45.pth", 78.312, 94.046),
+          ("V2", "resnet152-f82ba261.pth", 82.284, 96.002)),
+}
+
 _IMAGENET = dict(input_shape=(224, 224, 3), num_classes=1000, classifier="fc")
 for _depth, (_kind, _) in DEPTHS.items():
-    register(f"resnet{_depth}", functools.partial(resnet, _depth), year=2016,
+    _name = f"resnet{_depth}"
+    register(_name, functools.partial(resnet, _depth), year=2016,
              paper="He et al., Deep residual learning for image recognition, CVPR 2016",
              deviations="" if _kind == "basic" else
              "torchvision v1.5: bottleneck stride on the 3x3 conv, not the first 1x1",
+             torchvision=TORCHVISION,
+             weights=tuple(torchvision_weights(
+                 f"{_name}.tv{'' if v == 'V1' else '2'}_in1k", _name, file, acc1, acc5,
+                 f"ResNet{_depth}_Weights.IMAGENET1K_{v}", resize=256 if v == "V1" else 232)
+                 for v, file, acc1, acc5 in WEIGHTS[_depth]),
              **_IMAGENET)
     register(f"preact_resnet{_depth}", functools.partial(resnet, _depth, preact=True), year=2016,
              paper="He et al., Identity mappings in deep residual networks, ECCV 2016",
