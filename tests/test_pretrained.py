@@ -24,6 +24,7 @@ import zoo
 from zoo import checkpoint as ckpt
 from zoo import paths
 from zoo import pretrained as P
+import zoo.weights.hub
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -352,7 +353,7 @@ def cache(tmp_path, monkeypatch):
     def no_network(url, timeout):  # tests never reach the network
         return "no network in tests"
 
-    monkeypatch.setattr(P, "_reachable", no_network)
+    monkeypatch.setattr(zoo.weights.hub, "_reachable", no_network)
     return d
 
 

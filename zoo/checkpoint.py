@@ -131,6 +131,17 @@ def read_metadata(path) -> dict:
     return meta
 
 
+def is_zoo_file(path) -> bool:
+    """Whether ``path`` is a zoo safetensors file (weights or a training checkpoint)."""
+    path = os.fspath(path)
+    if not path.endswith(SUFFIX):
+        return False
+    try:
+        return read_metadata(path).get("format", "").startswith("zoo-")
+    except Exception:  # noqa: BLE001 - anything unreadable is not one
+        return False
+
+
 def load_flat(path) -> tuple[dict[str, np.ndarray], dict]:
     """``(path -> numpy array, metadata)`` of a zoo safetensors file."""
     path = os.fspath(path)

@@ -716,7 +716,7 @@ def _as_classes(ds) -> int:
 
 
 def _load_pretrained(cfg, model, variables, log):
-    from . import pretrained
+    from . import weights as pretrained
     try:
         result, info = pretrained.load_for_finetuning(cfg.pretrained, model=model, variables=variables)
     except (ImportError, ValueError, FileNotFoundError, OSError, KeyError) as e:

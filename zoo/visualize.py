@@ -246,7 +246,7 @@ def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape
         k = model.num_classes
         names = _default_class_names(k)
         return model, variables, names, model.metadata()
-    from . import pretrained
+    from . import weights as pretrained
 
     model, variables, info = pretrained.load(weights, name, input_shape=input_shape, with_info=True)
     config = model.metadata()
@@ -259,7 +259,7 @@ def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape
 def _default_class_names(k: int) -> list[str]:
     if k == 1000:
         try:
-            from . import pretrained
+            from . import weights as pretrained
 
             return list(pretrained.imagenet_classes())
         except Exception:  # noqa: BLE001 - names are a nicety
