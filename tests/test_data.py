@@ -48,7 +48,7 @@ def test_digits_shapes_split_and_statistics(digits):
     assert (test.mean, test.std) == (train.mean, train.std)
     # The embedded reader gives exactly scikit-learn's digits.
     from sklearn.datasets import load_digits
-    images, labels = data._digits_arrays()
+    images, labels = data.sources._digits_arrays()
     reference = load_digits()
     np.testing.assert_array_equal(images, reference.images)
     np.testing.assert_array_equal(labels, reference.target)
@@ -259,7 +259,7 @@ def test_batch_size_larger_than_dataset(digits):
 
 def test_tfds_mock_data_and_missing_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    data._import_tfds()          # TensorFlow's import (seconds) is not what is timed below
+    data.tfds._import_tfds()          # TensorFlow's import (seconds) is not what is timed below
 
     # Nothing is prepared under tmp_path: a clear error at once, never a download.
     start = time.perf_counter()
@@ -294,7 +294,7 @@ def test_tfds_then_torchvision_in_one_process(tmp_path):
     """TensorFlow before triton (torchvision's) segfaulted; zoo.data imports triton first."""
     pytest.importorskip("torchvision")
     pytest.importorskip("tensorflow_datasets")
-    code = ("import zoo.data as d; d._import_tfds(); import torchvision; print('both imported')")
+    code = ("import zoo.data.tfds as d; d._import_tfds(); import torchvision; print('both imported')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "both imported" in out.stdout

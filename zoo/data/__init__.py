@@ -1,0 +1,58 @@
+"""Datasets for training and evaluation: the embedded digits, TFDS names, image folders, arrays.
+
+Everything here is NumPy and Pillow: no JAX, so the data never touches the accelerator and
+the prefetch thread cannot race with a device computation. :mod:`.sources` reads,
+:mod:`.tfds` reads TFDS, :mod:`.batches` batches, :mod:`.dataset` holds the shared parts.
+
+Sources accepted by :func:`load`:
+
+``"digits"`` (the default)
+    ``sklearn.datasets.load_digits``: 1,797 real 8x8 handwritten digits (values 0..16),
+    shipped inside scikit-learn, so the default run works offline. Scaled to [0, 1] (stored
+    float32), resized to the model's input and split train/test 80/20 (1,438 / 359),
+    stratified, from ``seed``.
+a TFDS name (``"mnist"``, ``"cifar10"``, ... see :data:`DATASET_CHOICES`; any other TFDS
+image classification dataset as ``"tfds:NAME"``)
+    Read from ``data_dir`` with ``download=False`` semantics: data that is not prepared fails
+    at once with the command that prepares it (TFDS would otherwise retry a download for
+    minutes on a machine without network). Train split ``"train"``; eval split ``"test"``,
+    or ``"validation"`` when there is no test split.
+a folder path
+    One subfolder per class (class names = sorted subfolder names, hidden ones ignored),
+    image files in any format Pillow reads, found recursively. Evaluation data comes from
+    ``val_dataset`` (another such folder with the same classes) or a stratified
+    ``val_fraction`` of the folder (default 0.2).
+``(images, labels)``
+    NumPy arrays (Python API): images (N, H, W, C) uint8 0..255 or float in [0, 1], labels
+    (N,) integers; evaluation data from ``val_fraction`` (default 0.2).
+
+Fitting images to the model (one rule for every source, :func:`zoo.images.fit_images`): an image
+smaller than the target by at most 1/8 of the target's size on each axis is zero-padded,
+centred (MNIST's 28x28 in LeNet-5's 32x32 field, as the paper did); any other image is
+resized with a bilinear (triangle) filter, widened when shrinking (antialiased, as Pillow
+does), so that it covers the target with its aspect ratio kept, then centre-cropped (the
+8x8 digits become 32x32 for LeNet-5). Small sources are resized as a batch by NumPy matrix
+products, large ones by Pillow (same filter). Grayscale becomes RGB by repeating the
+channel; RGB becomes grayscale with ITU-R 601 luma weights (Pillow's "L"); RGBA loses alpha.
+Images are kept in memory at the target size (uint8 where the source is 8-bit): CIFAR-10
+at 32x32 is 150 MB, at 224x224 7.5 GB; ImageNet-size datasets do not fit this design.
+
+Normalisation statistics (``Dataset.mean``/``std``, per channel, of images scaled to
+[0, 1]) are computed on the training split and copied to the evaluation split, so
+``batches(eval_ds, ...)`` normalises exactly like training.
+
+Augmentation (``Dataset.augment``): ``"none"`` for digits and other glyphs (a flipped digit
+is a different digit); ``"crop_flip"`` for natural images: zero-pad by ``max(1, size // 8)``
+pixels (4 at 32x32), take a random crop of the original size, flip left-right with
+probability 1/2 (He et al. 2016, CIFAR-10 recipe). Applied by :func:`batches` in training
+only.
+"""
+from ..images import fit_image, fit_images
+from .batches import batches, check_batch_size, steps_per_epoch
+from .dataset import AUGMENTATIONS, DataError, Dataset, stratified_split
+from .sources import DATASET_CHOICES, load
+from .tfds import TFDS_DATASETS
+
+__all__ = ["AUGMENTATIONS", "DATASET_CHOICES", "DataError", "Dataset", "TFDS_DATASETS",
+           "batches", "check_batch_size", "fit_image", "fit_images", "load",
+           "steps_per_epoch", "stratified_split"]

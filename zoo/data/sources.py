@@ -1,0 +1,268 @@
+"""Where images come from: the digits that ship with scikit-learn, arrays, image folders,
+TFDS (:mod:`.tfds`); and :func:`load`, which reads one into train and evaluation
+:class:`Dataset` s fitted to the model's input."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import warnings
+
+import numpy as np
+
+from ..images import as_image_array, check_image_shape, fit_image, fit_images
+from .dataset import (AUGMENTATIONS, DataError, Dataset, Part, channel_stats, check_fraction,
+                      check_seed, stratified_split)
+from .tfds import TFDS_DATASETS, TFDS_PREFIX, TFDSSource
+
+#: Names accepted by :func:`load` besides paths and ``"tfds:NAME"``.
+DATASET_CHOICES: list[str] = ["digits", *TFDS_DATASETS]
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) in 0..16, labels): the data of ``sklearn.datasets.load_digits``.
+
+    Read straight from the CSV that scikit-learn ships (64 pixels and the label per row),
+    which skips importing scikit-learn and SciPy (seconds on a small machine); falls back
+    to ``load_digits`` if the file is not where it is expected."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+            if table.shape == (1797, 65):
+                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise DataError(f"the digits dataset comes with scikit-learn ({e}); "
+                        "pip install scikit-learn") from None
+    digits = load_digits()
+    return digits.images.astype(np.float32), digits.target.astype(np.int64)
+
+
+def _digits(image_shape) -> Part:
+    images, labels = _digits_arrays()
+    images = (images / 16.0)[..., None]     # (1797, 8, 8, 1) float32 in [0, 1]
+    return Part(fit_images(images, image_shape, what="digits"), labels,
+                 [str(k) for k in range(10)], "all")
+
+
+def _arrays(spec, image_shape) -> Part:
+    if len(spec) != 2:
+        raise DataError(f"an array dataset is a pair (images, labels), got {len(spec)} items")
+    images, labels = np.asarray(spec[0]), np.asarray(spec[1])
+    if images.ndim != 4:
+        hint = (" (for grayscale images add a channel axis: images[..., None])"
+                if images.ndim == 3 else "")
+        raise DataError(f"images must be a 4-D array (N, H, W, C), got shape "
+                        f"{images.shape}{hint}")
+    if labels.ndim != 1:
+        raise DataError(f"labels must be a 1-D array (N,), got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"images and labels differ in length: {len(images)} images, "
+                        f"{len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError("the array dataset is empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not (np.issubdtype(labels.dtype, np.floating)
+                and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
+            raise DataError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise DataError(f"labels must be >= 0, found {labels.min()}")
+    images = as_image_array(images, "images")
+    return Part(fit_images(images, image_shape, what="images"), labels,
+                 [str(k) for k in range(int(labels.max()) + 1)], "all")
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(files, labels, class names) of a folder with one subfolder per class."""
+    if not os.path.isdir(root):
+        raise DataError(f"dataset folder {root!r} does not exist or is not a folder")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"dataset folder {root!r} has no class subfolders: put the images of "
+                        "each class in a subfolder named after the class")
+    if len(classes) == 1:
+        raise DataError(f"dataset folder {root!r} has only one class subfolder "
+                        f"({classes[0]!r}); a classifier needs at least two")
+    extensions = _image_extensions()
+    files, labels, skipped = [], [], []
+    for k, name in enumerate(classes):
+        class_dir = os.path.join(root, name)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if f.startswith("."):
+                    continue
+                path = os.path.join(dirpath, f)
+                (found if os.path.splitext(f)[1].lower() in extensions else skipped).append(path)
+        if not found:
+            raise DataError(f"class folder {class_dir!r} contains no images (files Pillow "
+                            "reads: .png, .jpg, .bmp, .gif, .tif, .webp, ...)")
+        files += found
+        labels += [k] * len(found)
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} file(s) that are not images, e.g. "
+                      f"{skipped[0]}", stacklevel=3)
+    return files, np.asarray(labels, np.int64), classes
+
+
+def _read_image_file(path: str, image_shape) -> np.ndarray:
+    from PIL import Image
+
+    height, width, channels = image_shape
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise DataError(f"image folders give 1 (grayscale) or 3 (RGB) channels; the model "
+                        f"wants {channels}")
+    try:
+        with Image.open(path) as im:
+            im.draft(mode, (width, height))   # JPEG: decode at a reduced scale, never below
+            image = np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    if image.ndim == 2:
+        image = image[..., None]
+    return fit_image(image, image_shape, what=path)
+
+
+def _folder(root: str, image_shape) -> Part:
+    files, labels, classes = _list_folder(root)
+    images = np.empty((len(files), *image_shape), np.uint8)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:   # Pillow releases the GIL
+        for i, image in enumerate(pool.map(lambda p: _read_image_file(p, image_shape), files)):
+            images[i] = image
+    return Part(images, labels, classes, "all")
+
+
+def _resolve(spec) -> tuple[str, object]:
+    """(kind, argument): kind is "arrays", "digits", "folder" or "tfds"."""
+    if isinstance(spec, (tuple, list)):
+        return "arrays", spec
+    if isinstance(spec, os.PathLike):
+        return "folder", os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"dataset must be a name, a folder path or an (images, labels) pair, "
+                        f"got {spec!r}")
+    spec = spec.strip()
+    if spec == "digits":
+        return "digits", None
+    if spec.startswith(TFDS_PREFIX) and spec[len(TFDS_PREFIX):]:
+        return "tfds", spec[len(TFDS_PREFIX):]
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        return "folder", path
+    if spec.split("/")[0].split(":")[0] in TFDS_DATASETS:   # "mnist", "emnist/letters", ...
+        return "tfds", spec
+    if os.sep in spec or "/" in spec or spec.startswith((".", "~")):
+        raise DataError(f"dataset folder {spec!r} does not exist")
+    raise DataError(f"unknown dataset {spec!r}; choose from: {', '.join(DATASET_CHOICES)}, "
+                    f"'tfds:NAME' for any other TFDS image classification dataset, or a "
+                    f"folder path (one subfolder of images per class)")
+
+
+def _read_source(kind: str, arg, image_shape, data_dir, *, role: str
+                 ) -> tuple[Part, Part | None, str]:
+    """(train part, natural eval part or None, default augmentation). ``role`` "val" reads
+    only what serves as evaluation data: a folder's or arrays' images, a TFDS eval split."""
+    if kind == "digits":
+        return _digits(image_shape), None, "none"
+    if kind == "arrays":
+        part = _arrays(arg, image_shape)
+        return part, None, "crop_flip" if part.images.shape[-1] == 3 else "none"
+    if kind == "folder":
+        return _folder(arg, image_shape), None, "crop_flip"
+    source = TFDSSource(arg, data_dir)
+    if role == "val":
+        return source.read(source.eval_split(), image_shape), None, source.default_augment()
+    return source.read("train", image_shape), source, source.default_augment()
+
+
+def _dataset_name(kind: str, arg) -> str:
+    if kind == "folder":
+        return os.path.basename(os.path.normpath(arg)) or str(arg)
+    return {"digits": "digits", "arrays": "arrays"}.get(kind, str(arg))
+
+
+def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
+         image_shape: tuple[int, int, int], val_dataset: str | None = None,
+         val_fraction: float | None = None, data_dir: str | None = None, seed: int = 0,
+         augment: str | None = None) -> tuple[Dataset, Dataset]:
+    """``(train, eval)`` datasets fitted to ``image_shape`` (H, W, C).
+
+    ``spec``: ``"digits"``, a TFDS name (:data:`DATASET_CHOICES`, or ``"tfds:NAME"``), a
+    folder path with one subfolder per class, or an ``(images, labels)`` pair of arrays.
+    Evaluation data: ``val_dataset`` (another source with the same class names: a folder,
+    arrays, or a TFDS name whose test/validation split is used), else a stratified
+    ``val_fraction`` of the training data, else the natural held-out part (digits: a 20%
+    stratified split; TFDS: "test", or "validation" when there is no test split; folders
+    and arrays: 20%). Splits depend on ``seed`` only. ``augment`` overrides the source's
+    default ("none" or "crop_flip"). A string naming an existing folder is a folder even if
+    it is also a TFDS name; ``"tfds:NAME"`` forces TFDS. Bad input raises
+    :class:`DataError` (a ValueError) with a message for the user.
+    """
+    image_shape = check_image_shape(image_shape)
+    seed = check_seed(seed)
+    if val_fraction is not None:
+        val_fraction = check_fraction(val_fraction)
+    if val_dataset is not None and val_fraction is not None:
+        raise DataError("give either val_dataset or val_fraction, not both")
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise DataError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+
+    kind, arg = _resolve(spec)
+    name = _dataset_name(kind, arg)
+    train, natural, default_augment = _read_source(kind, arg, image_shape, data_dir,
+                                                   role="train")
+    if len(set(train.labels.tolist())) < 2 and kind != "folder":
+        raise DataError(f"dataset {name!r} has only one class; a classifier needs at least two")
+
+    if val_dataset is not None:
+        vkind, varg = _resolve(val_dataset)
+        val, _, _ = _read_source(vkind, varg, image_shape, data_dir, role="val")
+        val = _align_classes(val, train.class_names, _dataset_name(vkind, varg), name)
+        val.split = f"val_dataset:{_dataset_name(vkind, varg)}"
+    elif val_fraction is not None or natural is None:
+        fraction = 0.2 if val_fraction is None else val_fraction
+        train_idx, val_idx = stratified_split(train.labels, fraction, seed)
+        split = "test" if kind == "digits" and val_fraction is None else "val"
+        val = Part(train.images[val_idx], train.labels[val_idx], train.class_names, split)
+        train = Part(train.images[train_idx], train.labels[train_idx], train.class_names,
+                      "train")
+    else:
+        val = natural.read(natural.eval_split(), image_shape)
+    train.split = "train"
+
+    mean, std = channel_stats(train.images)
+    augment = augment or default_augment
+
+    def make(part: Part) -> Dataset:
+        return Dataset(images=part.images, labels=part.labels.astype(np.int32),
+                       class_names=list(train.class_names), name=name, mean=mean, std=std,
+                       augment=augment, split=part.split)
+
+    return make(train), make(val)
+
+
+def _align_classes(val: Part, class_names: list[str], val_name: str, name: str) -> Part:
+    """Relabel ``val`` to ``class_names`` (matched by name); the class sets must agree."""
+    if set(val.class_names) != set(class_names):
+        missing = sorted(set(class_names) - set(val.class_names))
+        extra = sorted(set(val.class_names) - set(class_names))
+        raise DataError(f"validation data {val_name!r} has other classes than {name!r}: "
+                        f"missing {missing}, extra {extra}")
+    index = {c: k for k, c in enumerate(class_names)}
+    remap = np.array([index[c] for c in val.class_names], np.int64)
+    return Part(val.images, remap[val.labels], list(class_names), val.split)
