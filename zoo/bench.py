@@ -15,16 +15,15 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import kernels, nn
 from .kernels import xla
+from .train import DTYPES, cross_entropy
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,11 +120,6 @@ class Runner:
     note: str = ""
 
 
-def cross_entropy(logits, labels):
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
-
-
 def _optimizer(name: str, lr: float = 0.01):
     import optax
     if name == "adam":
@@ -182,7 +176,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     def loss_fn(params, state, x, y, rng):
         out, new_state = model.apply(cast(params) if dtype != "float32" else params, state, x,
                                      train=True, rng=rng)
-        return cross_entropy(out, y), new_state
+        return jnp.mean(cross_entropy(out, y)), new_state
 
     def train_step(carry, x, y):
         params, state, opt_state, step = carry
@@ -222,7 +216,7 @@ def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float
     def train_step(params, state, opt_state, x, y):
         def loss_fn(params):
             out, new_state = model.apply(params, state, x, train=True, rng=key)
-            return cross_entropy(out, y), new_state
+            return jnp.mean(cross_entropy(out, y)), new_state
         (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return jax.tree_util.tree_map(lambda a, u: a + u, params, updates), new_state, opt_state, loss

@@ -118,6 +118,66 @@ def _save(fig, path, dpi):
 
 
 # ----------------------------------------------------------------------------------------
+# Training curves and confusion matrices.
+
+def plot_curves(history: Sequence[Mapping], path) -> str | None:
+    """Loss and accuracy against epoch (matplotlib, Agg) into ``path``."""
+    if not history:
+        return None
+    plt = _pyplot()
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["loss"] for r in history], "o-", label="train")
+    ax1.plot(epochs, [r["eval_loss"] for r in history], "o-", label="eval")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax2.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
+    ax2.plot(epochs, [r["eval_accuracy"] for r in history], "o-", label="eval")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return os.fspath(path)
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]``."""
+    m = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(m, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
+    return m
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path, title="") -> str:
+    plt = _pyplot()
+
+    k = len(matrix)
+    size = min(max(4.0, 0.45 * k + 2), 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = matrix.sum(1, keepdims=True)
+    ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), class_names, rotation=90)
+        ax.set_yticks(range(k), class_names)
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if matrix[i, j] > 0.5 * max(rows[i, 0], 1) else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+# ----------------------------------------------------------------------------------------
 # Filters and activations as image grids (NumPy + Pillow, no axes).
 
 def _tile(tiles: np.ndarray, cols: int | None = None, pad: int = 1, fill: float = 1.0) -> np.ndarray:

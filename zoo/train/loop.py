@@ -1,0 +1,181 @@
+"""The fit loop: epochs with a progress bar, per-epoch evaluation, ``metrics.jsonl``,
+checkpoints (last k and best), a NaN/inf guard, early stop for resume tests."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+
+from .. import checkpoint as ckpt
+from .config import NonFiniteLossError
+from .trainer import Trainer, TrainState
+
+
+# ----------------------------------------------------------------------------------------
+# Data plumbing: per-process shards, padded eval batches.
+
+def data_module():
+    from .. import data
+    return data
+
+
+def _shard_args() -> dict:
+    return dict(num_shards=jax.process_count(), shard_index=jax.process_index())
+
+
+def eval_batches(trainer: Trainer, ds, *, mean, std):
+    """Padded eval batches ``(x, y, mask)``: this process's rows of each global batch, the
+    last one zero-padded (mask 0) so that shapes never change (one compilation)."""
+    bs = trainer.local_batch
+    for x, y in data_module().batches(ds, trainer.cfg.batch_size, train=False, seed=0, epoch=0,
+                                mean=mean, std=std, drop_remainder=False, **_shard_args()):
+        n = len(y)
+        if n < bs:
+            x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros((bs - n,), y.dtype)])
+        yield x, y.astype(np.int32), (np.arange(bs) < n).astype(np.float32)
+
+
+def evaluate(trainer: Trainer, params, state, ds, *, mean, std, predictions: bool = False) -> dict:
+    """``{"loss", "accuracy", "count"}`` of ``ds`` (plus ``"predictions"`` and ``"labels"``
+    when asked; single-process only)."""
+    loss = correct = count = 0.0
+    preds = []
+    for x, y, mask in eval_batches(trainer, ds, mean=mean, std=std):
+        xg, yg, mg = trainer.put_batch(x, y, mask)
+        sums, pred = trainer.eval_step(params, state, xg, yg, mg)
+        sums = jax.device_get(sums)
+        loss += float(sums["loss"])
+        correct += float(sums["correct"])
+        count += float(sums["count"])
+        if predictions:
+            preds.append(np.asarray(pred)[mask > 0])
+    out = {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
+    if predictions:
+        out["predictions"] = np.concatenate(preds) if preds else np.zeros((0,), np.int32)
+        out["labels"] = np.asarray(ds.labels)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The fit loop.
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def write_jsonl(path, rows):
+    ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+TIMING_KEYS = ("images_per_second", "seconds")
+
+
+def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
+        start_epoch: int = 0, history: list | None = None, run_dir: str | None = None,
+        manager: ckpt.CheckpointManager | None = None, metadata: Mapping | None = None,
+        stop_after_epoch: int | None = None, log: Callable = print):
+    """Train ``trainer.cfg.epochs`` epochs from ``start_epoch``; returns ``(ts, history)``.
+
+    Each epoch: shuffled batches from ``(seed, epoch)``, one jitted call per step, a host
+    sync every ``log_every`` steps (progress bar, NaN/inf check), evaluation, a line in
+    ``run_dir/metrics.jsonl`` and a checkpoint (``manager``). A non-finite loss or gradient
+    raises :class:`NonFiniteLossError` before anything is saved, so the last checkpoint
+    on disk is the last good one. ``stop_after_epoch`` stops early (as an interruption
+    would) after that many epochs in total."""
+    from tqdm.auto import tqdm
+
+    cfg = trainer.cfg
+    data = data_module()
+    history = list(history or [])
+    spe = trainer.steps_per_epoch
+    total_steps = cfg.epochs * spe
+    step = int(jax.device_get(ts.step))
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr,
+               disable=not (cfg.progress and is_main()), smoothing=0.1, leave=False)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
+    say = (lambda msg: bar.write(msg, file=sys.stdout)) if not bar.disable and log is not quiet \
+        else log
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                log(f"stopping after epoch {epoch} as asked; continue with --resume {run_dir}")
+                break
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            t0 = time.perf_counter()
+            pending, loss_sum, correct, seen, n_steps = [], 0.0, 0, 0, 0
+            last_rate_t, last_rate_seen = t0, 0
+
+            def flush():
+                nonlocal loss_sum, correct, seen, last_rate_t, last_rate_seen
+                values = jax.device_get([m for _, m in pending])
+                for (s, _), v in zip(pending, values):
+                    bad = [k for k in ("loss", "grad_norm") if not np.isfinite(v[k])]
+                    if bad:
+                        last = manager.latest() if manager else None
+                        where = (f"the last good checkpoint is {last}" if last else
+                                 "no checkpoint was written yet (this was the first epoch)")
+                        raise NonFiniteLossError(
+                            f"the {bad[0].replace('_', ' ')} became {v[bad[0]]} at step {s} "
+                            f"(epoch {epoch + 1}, batch {s - epoch * spe}); training stopped and "
+                            f"nothing after it was saved: {where}. Try a smaller --lr, "
+                            f"--clip-norm, or check the data.", step=s, epoch=epoch + 1,
+                            checkpoint=last)
+                    loss_sum += float(v["loss"]) * cfg.batch_size
+                    correct += int(v["correct"])
+                    seen += cfg.batch_size
+                now = time.perf_counter()
+                rate = (seen - last_rate_seen) / max(now - last_rate_t, 1e-9)
+                last_rate_t, last_rate_seen = now, seen
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{rate:,.0f}", refresh=False)
+                pending.clear()
+
+            batches = data.batches(train_ds, cfg.batch_size, train=True, seed=cfg.seed,
+                                   epoch=epoch, mean=mean, std=std, drop_remainder=True,
+                                   **_shard_args())
+            for x, y in batches:
+                xg, yg = trainer.put_batch(x, y.astype(np.int32))
+                ts, m = trainer.train_step(ts, xg, yg)
+                step += 1
+                n_steps += 1
+                pending.append((step, m))
+                bar.update(1)
+                if len(pending) >= cfg.log_every:
+                    flush()
+            if pending:
+                flush()
+            if n_steps != spe:
+                raise RuntimeError(f"epoch {epoch + 1} had {n_steps} steps, expected {spe}")
+            train_seconds = time.perf_counter() - t0
+            ev = evaluate(trainer, ts.params, ts.state, eval_ds, mean=mean, std=std)
+            row = {"epoch": epoch + 1, "step": step,
+                   "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                   "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                   "lr": trainer.lr_at(step),
+                   "images_per_second": seen / max(train_seconds, 1e-9),
+                   "seconds": time.perf_counter() - t0}
+            history.append(row)
+            say(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, train acc "
+                f"{row['train_accuracy']:.4f}, eval acc {row['eval_accuracy']:.4f}, lr "
+                f"{row['lr']:.3g}, {row['images_per_second']:,.0f} img/s, {row['seconds']:.1f} s")
+            if manager is not None:
+                meta = dict(metadata or {}, epoch=epoch + 1, step=step, metrics=history,
+                            eval_accuracy=row["eval_accuracy"])
+                manager.save(step, {"params": ts.params, "state": ts.state,
+                                    "opt_state": ts.opt_state, "step": ts.step, "rng": ts.rng}, meta)
+            if metrics_path and is_main():
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    finally:
+        bar.close()
+    return ts, history
+
+
+def quiet(*args, **kwargs):
+    pass

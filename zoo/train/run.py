@@ -1,0 +1,377 @@
+"""Runs: everything ``zoo train`` does from a :class:`TrainConfig`, resume, and the
+evaluation of a finished run (``zoo evaluate``)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from typing import Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from .. import checkpoint as ckpt
+from .. import paths, registry
+from ..nn import count_params
+from ..visualize import confusion_matrix, plot_confusion, plot_curves
+from .config import ConfigError, TrainConfig, as_config
+from .loop import data_module, evaluate, fit, is_main, quiet, write_jsonl
+from .trainer import Trainer, TrainState
+
+
+# ----------------------------------------------------------------------------------------
+# Runs.
+
+def init_distributed(cfg: TrainConfig) -> None:
+    """``jax.distributed.initialize`` (once) with the configured coordinator, or the
+    cluster's autodetection (SLURM, Open MPI, TPU) when none is given."""
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {k: v for k, v in (("coordinator_address", cfg.coordinator),
+                                ("num_processes", cfg.num_processes),
+                                ("process_id", cfg.process_id)) if v is not None}
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--distributed: jax.distributed.initialize() failed: {e}. Give "
+                          "--coordinator HOST:PORT --num-processes N --process-id I, or launch "
+                          "under SLURM / Open MPI (see docs/training.md)") from e
+
+
+def _dataset_label(spec) -> str:
+    if isinstance(spec, (str, os.PathLike)):
+        s = os.fspath(spec).rstrip("/\\")
+        return os.path.basename(s) if os.sep in s or "/" in s else s.replace("tfds:", "")
+    return "arrays"
+
+
+def _default_output_dir(cfg: TrainConfig) -> str:
+    stamp = int(time.time())
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        stamp = int(multihost_utils.broadcast_one_to_all(np.int64(stamp)))
+    when = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{cfg.model}-{_dataset_label(cfg.dataset)}-{when}")
+
+
+#: settings that may change when resuming a run (anything else must match its config.json)
+RESUME_OVERRIDES = ("epochs", "keep", "distributed", "coordinator", "num_processes",
+                    "process_id", "data_dir", "progress", "log_every")
+
+
+def _resume_config(cfg: TrainConfig, given: Iterable[str] = ()) -> TrainConfig:
+    run_dir = cfg.resume
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"--resume {run_dir}: no config.json there; is it a run directory?")
+    with open(path) as f:
+        saved = json.load(f)["settings"]
+    changed = sorted(k for k in given if k not in RESUME_OVERRIDES and k not in ("resume", "output_dir")
+                     and ckpt.jsonable(getattr(cfg, k)) != saved.get(k))
+    if changed:
+        raise ConfigError(f"--resume {run_dir}: cannot change {', '.join(changed)} of a run; "
+                          f"only {', '.join(RESUME_OVERRIDES)} may change")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in fields}
+    if values.get("dataset") == "arrays":
+        values["dataset"] = cfg.dataset
+    for k in given:
+        if k in RESUME_OVERRIDES:
+            values[k] = getattr(cfg, k)
+    values.update(resume=run_dir, output_dir=run_dir)
+    return as_config(values)
+
+
+def _as_classes(ds) -> int:
+    return len(ds.class_names)
+
+
+def _load_pretrained(cfg, model, variables, log):
+    from .. import weights
+    try:
+        result, info = weights.load_for_finetuning(cfg.pretrained, model=model, variables=variables)
+    except (ImportError, ValueError, FileNotFoundError, OSError, KeyError) as e:
+        raise ConfigError(f"--pretrained {cfg.pretrained}: {e}") from e
+    log(info["message"])
+    return result, info
+
+
+def prepare(cfg: TrainConfig, *, model=None, data=None, log: Callable = print) -> dict:
+    """Resolve model, data, classes and input shape; every failure is a :class:`ConfigError`."""
+    dmod = data_module()
+    if model is not None:
+        model_cfg = model.metadata()
+    else:
+        try:
+            model_cfg = registry.get_config(cfg.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    h, w, c = model_cfg["input_shape"]
+    if cfg.image_size:
+        h = w = int(cfg.image_size)
+    image_shape = (h, w, c)
+    if data is not None:
+        train_ds, eval_ds = data
+    else:
+        try:
+            train_ds, eval_ds = dmod.load(cfg.dataset, image_shape=image_shape,
+                                          val_dataset=cfg.val_dataset,
+                                          val_fraction=cfg.val_fraction,
+                                          data_dir=cfg.data_dir, seed=cfg.seed)
+        except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
+            raise ConfigError(str(e)) from e
+    if tuple(train_ds.images.shape[1:]) != image_shape:
+        raise ConfigError(f"the data's images are {tuple(train_ds.images.shape[1:])}, the model "
+                          f"needs {image_shape}")
+    classes = _as_classes(train_ds)
+    num_classes = int(cfg.num_classes or classes)
+    top = int(max(np.max(train_ds.labels), np.max(eval_ds.labels) if len(eval_ds) else 0))
+    if top >= num_classes:
+        raise ConfigError(f"--num-classes {num_classes} is too small: the data has label {top} "
+                          f"({classes} classes)")
+    if model is None:
+        extra = {}
+        if cfg.aux_logits is not None:
+            if "aux_logits" not in model_cfg:
+                raise ConfigError(f"--aux-logits: {cfg.model} has no auxiliary classifiers")
+            extra["aux_logits"] = bool(cfg.aux_logits)
+        try:
+            model = registry.create(cfg.model, num_classes=num_classes, **extra)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    elif model.num_classes < classes:
+        raise ConfigError(f"the model has {model.num_classes} outputs, the data "
+                          f"{classes} classes")
+    try:
+        dmod.check_batch_size(train_ds, cfg.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.batch_size % jax.process_count():
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the "
+                          f"{jax.process_count()} processes")
+    try:
+        abstract, out_shape = model.abstract_init((1, *image_shape))
+    except ValueError as e:
+        raise ConfigError(f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]} images cannot be "
+                          f"fed to {model.name}: {e}") from e
+    return dict(model=model, train_ds=train_ds, eval_ds=eval_ds, image_shape=image_shape,
+                num_classes=num_classes, abstract=abstract)
+
+
+def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: int | None = None,
+        verbose: bool = True, **overrides) -> dict:
+    """Train as ``scripts/train.py`` does and return the summary dict.
+
+    ``config``: a :class:`TrainConfig`, a dict of its fields, or None (defaults);
+    ``overrides``: fields to change. ``model``: a :class:`zoo.Model` to use instead of
+    ``config.model``; ``data``: ``(train_ds, eval_ds)`` :class:`zoo.data.Dataset` s instead
+    of loading ``config.dataset``; ``devices``: the mesh (default all).
+    """
+    given = set(overrides) | (set(config) if isinstance(config, Mapping) else set())
+    cfg = as_config(config, **overrides)
+    if cfg.resume:
+        cfg = _resume_config(cfg, given)
+    if cfg.distributed:
+        init_distributed(cfg)
+    log = print if verbose and is_main() else quiet
+    t_start = time.perf_counter()
+
+    setup = prepare(cfg, model=model, data=data, log=log)
+    model, train_all, eval_all = setup["model"], setup["train_ds"], setup["eval_ds"]
+    run_dir = cfg.output_dir or _default_output_dir(cfg)
+    manager = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints"), keep=cfg.keep)
+    if not cfg.resume and manager.steps():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          f"or choose another --output-dir")
+
+    spe = data_module().steps_per_epoch(train_all, cfg.batch_size, train=True)
+    devices = list(devices) if devices is not None else jax.devices()
+    variables = model.init(jax.random.PRNGKey(cfg.seed), (1, *setup["image_shape"]))
+    pre_info = {}
+    if cfg.pretrained and not cfg.resume:
+        variables, pre_info = _load_pretrained(cfg, model, variables, log)
+    trainer = Trainer(model, cfg, spe, devices=devices, params_template=variables["params"],
+                      state_template=variables["state"])
+
+    if cfg.pretrained or "mean" in pre_info:
+        mean = tuple(pre_info.get("mean", model.mean))
+        std = tuple(pre_info.get("std", model.std))
+    else:
+        mean, std = tuple(train_all.mean), tuple(train_all.std)
+
+    num_params = count_params(variables["params"])
+    device_kinds = sorted({d.platform for d in devices})
+    log(f"model {model.name}: {num_params:,} params, input {'x'.join(map(str, setup['image_shape']))}, "
+        f"{setup['num_classes']} classes")
+    log(f"data {train_all.name}: {len(train_all):,} train / {len(eval_all):,} eval images "
+        f"({_split_name(eval_all)}), {len(train_all.class_names)} classes, augment {train_all.augment}")
+    log(f"devices: {len(devices)} x {'/'.join(device_kinds)} in {jax.process_count()} process(es); "
+        f"batch {cfg.batch_size} ({cfg.batch_size // len(devices)} per device), {spe} steps/epoch, "
+        f"{cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.dtype}")
+    if cfg.freeze:
+        n_frozen = sum(int(np.prod(np.shape(x))) for x, f in zip(
+            jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(trainer.frozen)) if f)
+        log(f"frozen: {n_frozen:,} of {num_params:,} params ({', '.join(cfg.freeze)})")
+
+    meta_common = {
+        "model": model.name, "config": model.metadata(), "num_classes": setup["num_classes"],
+        "input_shape": list(setup["image_shape"]), "mean": list(mean), "std": list(std),
+        "class_names": list(train_all.class_names), "dataset": _dataset_label(cfg.dataset),
+        "settings": cfg.to_json()}
+    history, start_epoch = [], 0
+    if cfg.resume:
+        latest = manager.latest()
+        if latest is None:
+            raise ConfigError(f"--resume {run_dir}: no checkpoint in {manager.directory}")
+        template = _state_dict(trainer.state_template(variables))
+        restored, meta = manager.restore(template, latest)
+        ts = trainer.place_state(TrainState(**restored))
+        history, start_epoch = list(meta.get("metrics", [])), int(meta["epoch"])
+        log(f"resumed {latest}: epoch {start_epoch}, step {int(restored['step'])}")
+        if is_main():
+            write_jsonl(os.path.join(run_dir, "metrics.jsonl"), history)
+    else:
+        ts = trainer.init_state(variables, cfg.seed)
+        if is_main():
+            os.makedirs(run_dir, exist_ok=True)
+            write_jsonl(os.path.join(run_dir, "metrics.jsonl"), [])
+    if is_main():
+        resolved = {"settings": cfg.to_json(), "model_config": ckpt.jsonable(model.metadata()),
+                    "resolved": ckpt.jsonable({
+                        "output_dir": run_dir, "image_shape": setup["image_shape"],
+                        "num_classes": setup["num_classes"], "class_names": train_all.class_names,
+                        "mean": mean, "std": std, "train_size": len(train_all),
+                        "eval_size": len(eval_all), "eval_split": _split_name(eval_all),
+                        "steps_per_epoch": spe, "num_params": num_params,
+                        "devices": [str(d) for d in devices], "process_count": jax.process_count(),
+                        "jax_version": jax.__version__, "zoo_version": _zoo_version()})}
+        ckpt.atomic_write_bytes(os.path.join(run_dir, "config.json"),
+                                json.dumps(resolved, indent=2).encode())
+    log(f"output: {run_dir}")
+
+    try:
+        ts, history = fit(trainer, ts, train_all, eval_all, mean=mean, std=std,
+                          start_epoch=start_epoch, history=history, run_dir=run_dir,
+                          manager=manager, metadata=meta_common, stop_after_epoch=stop_after_epoch,
+                          log=log)
+    except KeyboardInterrupt:
+        log(f"\ninterrupted; the last checkpoint is kept: continue with --resume {run_dir}")
+        raise
+    return finalize(run_dir, cfg, history, manager, eval_all, t_start,
+                    num_params=num_params, completed=len(history) >= cfg.epochs)
+
+
+def _state_dict(ts: TrainState) -> dict:
+    return {f.name: getattr(ts, f.name) for f in dataclasses.fields(TrainState)}
+
+
+def _split_name(ds) -> str:
+    return str(getattr(ds, "split", None) or ds.name)
+
+
+def _zoo_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def finalize(run_dir, cfg, history, manager, eval_ds, t_start, *, num_params, completed) -> dict:
+    best = manager.best()
+    best_row = max(history, key=lambda r: r["eval_accuracy"]) if history else None
+    summary = {
+        "model": cfg.model, "dataset": _dataset_label(cfg.dataset), "epochs": cfg.epochs,
+        "epochs_completed": len(history), "completed": bool(completed),
+        "eval_split": _split_name(eval_ds), "eval_size": len(eval_ds),
+        "eval_accuracy": history[-1]["eval_accuracy"] if history else None,
+        "best_eval_accuracy": best_row["eval_accuracy"] if best_row else None,
+        "best_epoch": best_row["epoch"] if best_row else None,
+        "checkpoint": best, "output_dir": run_dir, "num_params": num_params,
+        "seconds": time.perf_counter() - t_start,
+        "images_per_second": (sum(r["images_per_second"] for r in history[1:]) / (len(history) - 1)
+                              if len(history) > 1 else
+                              (history[0]["images_per_second"] if history else None)),
+    }
+    if is_main():
+        plot_curves(history, os.path.join(run_dir, "curves.png"))
+        ckpt.atomic_write_bytes(os.path.join(run_dir, "summary.json"),
+                                json.dumps(summary, indent=2).encode())
+    return summary
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation of a finished run.
+
+def load_run(run_dir: str, checkpoint: str | None = None):
+    """``(model, variables, metadata)`` of a run's best checkpoint (or ``checkpoint``)."""
+    path = checkpoint
+    if path is None:
+        summary_path = os.path.join(run_dir, "summary.json")
+        if os.path.exists(summary_path):
+            with open(summary_path) as f:
+                path = json.load(f).get("checkpoint")
+            if path:  # the run's own copy: the directory may have been moved or copied
+                path = os.path.join(run_dir, "checkpoints", os.path.basename(path))
+        if not path or not os.path.exists(path):
+            path = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).best() or \
+                ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
+    if not path or not os.path.exists(path):
+        raise ConfigError(f"no checkpoint found in {run_dir}; is it a run directory?")
+    variables, meta = ckpt.load_weights(path)
+    try:
+        model = registry.from_metadata(meta)
+    except ValueError as e:
+        raise ConfigError(f"{path}: cannot rebuild model {meta.get('model')!r}: {e}") from e
+    abstract, _ = model.abstract_init((1, *meta["input_shape"]))
+    variables = paths.load_into(abstract, variables, what=f"checkpoint {path}")
+    meta["path"] = path
+    return model, variables, meta
+
+
+def evaluate_run(run_dir: str, *, dataset=None, data_dir=None, checkpoint=None,
+                 batch_size: int | None = None, devices=None, output: str | None = None,
+                 log: Callable = print) -> dict:
+    """Evaluate a run's best checkpoint on its evaluation split (or on ``dataset``'s):
+    accuracy, per-class accuracy, confusion matrix written as a PNG into the run dir."""
+    model, variables, meta = load_run(run_dir, checkpoint)
+    settings = dict(meta.get("settings") or {})
+    spec = dataset if dataset is not None else settings.get("dataset", "digits")
+    if spec == "arrays":
+        raise ConfigError("this run was trained on arrays through the API; pass --dataset")
+    dmod = data_module()
+    try:
+        _, eval_ds = dmod.load(spec, image_shape=tuple(meta["input_shape"]),
+                               val_dataset=settings.get("val_dataset") if dataset is None else None,
+                               val_fraction=settings.get("val_fraction") if dataset is None else None,
+                               data_dir=data_dir or settings.get("data_dir"),
+                               seed=int(settings.get("seed", 0)))
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
+        raise ConfigError(str(e)) from e
+    class_names = list(meta.get("class_names") or eval_ds.class_names)
+    k = int(meta["num_classes"])
+    if len(eval_ds) and int(np.max(eval_ds.labels)) >= k:
+        raise ConfigError(f"{spec} has {len(eval_ds.class_names)} classes, the model {k}")
+    if list(eval_ds.class_names) != class_names[:len(eval_ds.class_names)]:
+        log(f"warning: class names differ from training's: {eval_ds.class_names} vs {class_names}")
+    devices = list(devices) if devices is not None else jax.devices()[:1]
+    bs = batch_size or 64
+    bs = -(-bs // len(devices)) * len(devices)
+    cfg = as_config(model=meta["model"], batch_size=bs, dtype=settings.get("dtype", "float32"),
+                    progress=False)
+    trainer = Trainer(model, cfg, 1, devices=devices, params_template=variables["params"])
+    put = lambda t: jax.device_put(t, trainer.replicated)  # noqa: E731
+    res = evaluate(trainer, put(variables["params"]), put(variables["state"]), eval_ds,
+                   mean=tuple(meta["mean"]), std=tuple(meta["std"]), predictions=True)
+    names = class_names if len(class_names) == k else [str(i) for i in range(k)]
+    matrix = confusion_matrix(res["labels"], res["predictions"], k)
+    per_class = {names[i]: (float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None)
+                 for i in range(k)}
+    label = "" if dataset is None else "-" + _dataset_label(dataset)
+    png = output or os.path.join(run_dir, f"confusion_matrix{label}.png")
+    plot_confusion(matrix, names, png,
+                   title=f"{meta['model']} on {eval_ds.name} ({_split_name(eval_ds)}): "
+                         f"accuracy {res['accuracy']:.4f}")
+    return {"accuracy": res["accuracy"], "loss": res["loss"], "count": res["count"],
+            "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist(),
+            "class_names": names, "checkpoint": meta["path"], "eval_split": _split_name(eval_ds),
+            "confusion_png": png}
