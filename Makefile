@@ -15,13 +15,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(PY) scripts/train.py
+	$(PY) -m zoo train
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 benchmark: install
-	$(PY) scripts/benchmark.py
+	$(PY) -m zoo benchmark
 
 docs: install
-	$(PY) scripts/make_docs.py
+	$(PY) -m zoo docs

@@ -1,30 +1,18 @@
 """The benchmark harness keeps working: the smallest smoke run (one model, one repetition)
-through scripts/benchmark.py's main, and its JSON. Not a measurement."""
-import importlib.util
+through ``zoo benchmark``, and its JSON. Not a measurement."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from zoo import bench, kernels
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from zoo import bench, cli, kernels
 
 def test_smoke_run_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    results = load_script().main(["--targets", "lenet5:infer:32:2", "--reps", "1", "--min-rep-s", "0",
-                                  "--json", str(out)])
+    assert cli.main(["benchmark", "--targets", "lenet5:infer:32:2", "--reps", "1",
+                     "--min-rep-s", "0", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["machine"]["jax"] == jax.__version__ and data["machine"]["cores"] >= 1
     assert data["peaks"]["float32"] > 0
@@ -40,7 +28,8 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert r["reps"] == 1 and r["img_s_min"] <= r["img_s_median"] <= r["img_s_max"]
     assert r["compile_s"] > 0
     assert sum(t["conv_choices"].values()) == 2
-    assert results["targets"][0]["target"] == t["target"]
+    assert t["target"] == "lenet5 infer 32px b2 float32"
+    assert data["args"]["targets"] == ["lenet5:infer:32:2"] and data["wall_s"] > 0
 
 
 def test_train_runner_steps_and_threads_state():

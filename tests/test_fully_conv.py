@@ -13,7 +13,7 @@ import pytest
 
 import zoo
 from zoo import fully_conv as fc
-from zoo import images, nn
+from zoo import cli, images, nn
 from zoo.registry import Model
 
 ALL = zoo.list_models()
@@ -455,35 +455,25 @@ def test_filter_and_activation_pngs(tmp_path):
         V.layer_output(model, variables, x[None], "nope")
 
 
-def test_visualize_script(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "visualize_script", os.path.join(os.path.dirname(__file__), "..", "scripts", "visualize.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_visualize_command(tmp_path):
     out = str(tmp_path / "filters.png")
-    assert script.main(["filters", "--model", "lenet5", "--out", out]) == 0 and os.path.isfile(out)
+    assert cli.main(["visualize", "filters", "--model", "lenet5", "--out", out]) == 0
+    assert os.path.isfile(out)
     out = str(tmp_path / "acts.png")
-    assert script.main(["activations", "--model", "lenet5", "--layer", "conv2", "--image",
-                        "chelsea", "--out", out]) == 0
+    assert cli.main(["visualize", "activations", "--model", "lenet5", "--layer", "conv2",
+                     "--image", "chelsea", "--out", out]) == 0
     _png(out, ((4 * 11 + 1) * 5, (4 * 11 + 1) * 5))
-    assert script.main(["activations", "--model", "lenet5", "--layer", "nope", "--out", out]) == 2
+    assert cli.main(["visualize", "activations", "--model", "lenet5", "--layer", "nope",
+                     "--out", out]) == 2
 
 
-def test_evaluate_fully_conv_mode(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_script", os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_scoremap_command(tmp_path, capsys):
     out = str(tmp_path / "coffee.png")
-    assert script.main(["--fully-conv", "--model", "lenet5", "--weights", "lenet5.digits",
-                        "--image", "coffee", "--size", "40", "--stride", "2", "--class", "3",
-                        "--output", out]) == 0
+    assert cli.main(["visualize", "scoremap", "--weights", "lenet5.digits", "--image", "coffee",
+                     "--size", "40", "--stride", "2", "--class", "3", "--out", out]) == 0
     text = capsys.readouterr().out
-    assert "5x15 map at stride 2 px (network stride 4, receptive field 32)" in text
+    assert "lenet5: 5x15 map at stride 2 px (network stride 4, receptive field 32)" in text
     assert "top classes" in text
     _png(out, (1200, 500))
-    assert script.main(["--fully-conv", "--image", "coffee"]) == 2
+    assert cli.main(["visualize", "scoremap", "--image", "coffee"]) == 2
+    assert "needs --model" in capsys.readouterr().err

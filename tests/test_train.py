@@ -1,6 +1,5 @@
 """zoo.train and scripts/train.py, scripts/evaluate.py: the default run, resume, data
 parallelism, the NaN guard, freezing, auxiliary losses, bad inputs."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,17 +16,10 @@ import zoo
 from zoo import checkpoint as ckpt
 from zoo import paths
 from zoo import data as zdata
-from zoo import nn
+from zoo import cli, nn
 from zoo import train as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model(num_classes=10, channels=1, dropout=0.0):
@@ -110,7 +102,7 @@ def test_run_directory_contents(default_run):
 
 def test_evaluate_script_writes_confusion_matrix(default_run, capsys):
     out, summary = default_run
-    assert _script("evaluate").main(["--run", out]) == 0
+    assert cli.main(["evaluate", "--run", out]) == 0
     text = capsys.readouterr().out
     assert f"{summary['best_eval_accuracy']:.4f}" in text
     assert "per-class accuracy" in text and text.count("images)") >= 10
@@ -221,7 +213,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(zdata, "batches", poisoned)
     out = str(tmp_path / "nan")
-    code = _script("train").main(["--epochs", "3", "--output-dir", out, "--no-progress"])
+    code = cli.main(["train", "--epochs", "3", "--output-dir", out, "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err
     spe = zdata.steps_per_epoch(1438, 64)
@@ -381,7 +373,7 @@ def test_image_folder_run_then_evaluate(tmp_path, capsys):
     assert summary["dataset"] == "pets" and summary["eval_size"] == 2
     rows = _metrics(out)
     assert rows[0]["step"] == 1          # 8 training images, batch 8: one step
-    assert _script("evaluate").main(["--run", out]) == 0
+    assert cli.main(["evaluate", "--run", out]) == 0
     text = capsys.readouterr().out
     assert "cat" in text and "dog" in text
     assert os.path.exists(os.path.join(out, "confusion_matrix.png"))
@@ -412,7 +404,7 @@ def test_tfds_mock_mnist_and_cifar10_through_training_and_evaluation(tmp_path):
     (["--optimizer", "adam", "--warmup-epochs", "20", "--epochs", "2"], "warmup_epochs"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, expected, tmp_path, capsys):
-    code = _script("train").main(argv + ["--output-dir", str(tmp_path / "x"), "--no-progress"])
+    code = cli.main(["train", *argv, "--output-dir", str(tmp_path / "x"), "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err

@@ -58,10 +58,15 @@ class Summary:
 
 
 def summary(name_or_model: str | Model, input_shape=None, **config) -> Summary:
-    """Summarise a model (a registered name or a :class:`Model`) for ``input_shape``
-    (N, H, W, C; default: one image at the native size). Figures are per image."""
+    """Summarise a model (a registered name, built with ``config``, or a :class:`Model`)
+    for ``input_shape``: (H, W, C) or (N, H, W, C); default one image at the native size.
+    Figures are per image; nothing is allocated or computed.
+
+        zoo.summary("vgg16", (224, 224, 3)).params   # 138,357,544"""
     model = create(name_or_model, **config) if isinstance(name_or_model, str) else name_or_model
     shape = tuple(input_shape) if input_shape is not None else model.default_input_shape(1)
+    if len(shape) == 3:
+        shape = (1, *shape)
     with nn.recording() as recorder:
         variables, _ = model.abstract_init(shape)
     rows = [{k: r[k] for k in COLUMNS} for r in recorder.rows]

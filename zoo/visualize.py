@@ -285,6 +285,28 @@ def layer_output(model, variables, x, layer: str):
     return fn(variables["params"], variables.get("state", {}), jnp.asarray(x))
 
 
+def save_layer_activations(model, variables, image, layer: str, path: str, *, config=None,
+                           size: int | None = None, invert: bool = False,
+                           max_maps: int = 64, max_tile: int = 128) -> np.ndarray:
+    """The activations of ``layer`` for ``image`` (a photo, resized so that its shorter side is
+    ``size``; default: the model's training size, centre-cropped to it) as a PNG grid at
+    ``path`` (:func:`save_activation_grid`); returns them, (H, W, C). ``config``: the
+    model's metadata with the weights' mean/std (:func:`load_model`)."""
+    config = config or model.metadata()
+    th, tw, channels = model.input_shape
+    x = images.prepare(image, channels=channels, mean=config["mean"], std=config["std"],
+                       size=size or th, invert=invert)
+    if size is None:
+        top, left = (x.shape[0] - th) // 2, (x.shape[1] - tw) // 2
+        x = x[top:top + th, left:left + tw]
+    acts = np.asarray(layer_output(model, variables, x[None], layer))[0]
+    if acts.ndim != 3:
+        raise ValueError(f"layer {layer!r} outputs shape {acts.shape}, not a map; layers: "
+                         f"{', '.join(layer_names(model))}")
+    save_activation_grid(acts, path, max_maps=max_maps, max_tile=max_tile)
+    return acts
+
+
 def layer_names(model) -> list[str]:
     """The paths :func:`layer_output` accepts."""
     return nn.layer_names(model.network)

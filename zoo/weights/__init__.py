@@ -29,12 +29,13 @@ error naming the URL and the exact path to put the file at.
 from ..images import Transforms
 from ..registry import WeightSpec
 from .hub import WeightsNotFoundError, cache_dir, fetch, sha256_file
-from .load import load, load_for_finetuning, package_run
+from .load import classify, load, load_for_finetuning, package_run
 from .specs import get_weights, imagenet_classes, list_weights
 from .torchvision import (convert_state_dict, load_torchvision, read_state_dict,
                           to_torchvision_state_dict, torchvision_key_map, torchvision_rules)
 
-__all__ = ["Transforms", "WeightSpec", "WeightsNotFoundError", "cache_dir", "convert_state_dict",
+__all__ = ["Transforms", "WeightSpec", "WeightsNotFoundError", "cache_dir", "classify",
+           "convert_state_dict",
            "fetch", "get_weights", "imagenet_classes", "list_weights", "load",
            "load_for_finetuning", "load_torchvision", "package_run", "read_state_dict",
            "sha256_file", "to_torchvision_state_dict", "torchvision_key_map",

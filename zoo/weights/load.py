@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Callable, Mapping
 
+import numpy as np
+
 
 from .. import checkpoint as ckpt
 from .. import paths, registry
@@ -239,3 +241,21 @@ def package_run(checkpoint: str, path: str, *, command: str | None = None,
 def _classifier_paths(model: Model) -> list[str]:
     """``params/<path>`` and ``state/<path>`` for each of the model's classifier paths."""
     return [f"{g}/{h}" for g in ("params", "state") for h in model.classifier]
+
+
+def classify(images, tag_or_path, model: str | Model | None = None, *, top: int = 5):
+    """The ``top`` classes of each image (paths, PIL images or arrays) under the weights
+    ``tag_or_path``, each image through the weights' own transforms: ``(model, rows)`` with
+    one list of ``(class index, class name, probability)`` per image, best first."""
+    from ..kernels import xla
+
+    built, variables, info = load(tag_or_path, model, with_info=True)
+    transforms, names = info["transforms"], info["class_names"]
+    batch = np.stack([transforms(image, built.input_shape[-1]) for image in images])
+    apply = xla.jit(lambda p, s, x: built.apply(p, s, x)[0])
+    logits = np.asarray(apply(variables["params"], variables["state"], batch), np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(top, probs.shape[1])
+    return built, [[(int(i), names[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:k]]
+                   for p in probs]

@@ -1,0 +1,63 @@
+"""What each conv policy field gives: a model's conv choices, and the variants of its
+policy with one field changed that change its program."""
+from __future__ import annotations
+
+
+import jax
+
+from .. import kernels, nn
+from ..train import DTYPES
+
+
+def conv_choices(model, input_shape, *, dtype: str = "float32") -> list[tuple]:
+    """What each conv of ``model`` runs as for ``input_shape`` under its policy (traced
+    abstractly, nothing computed): rows ``(path, impl, input shape, kernel shape)``."""
+    abstract, _ = model.abstract_init(input_shape)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), DTYPES[dtype])
+    with nn.recording() as rec:
+        jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], abstract["params"],
+                       abstract["state"], x)
+    return rec.convs
+
+
+#: Lever variants: name -> (changes to the model's policy, applies to 'infer'/'train'), each
+#: measured against the model's own policy in the same run.
+LEVER_VARIANTS = {
+    "xla": ({"impl": "xla"}, ("infer", "train")),                 # plain JAX: every conv XLA's
+    "no_small_map": ({"small_map": 0}, ("infer", "train")),
+    "no_pointwise": ({"pointwise": False}, ("infer", "train")),
+    "no_single_channel": ({"single_channel": False}, ("infer", "train")),
+    "mmgrad": ({"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
+    "no_input_grad": ({"input_grad": "autodiff"}, ("train",)),
+    "no_store_input": ({"store_input": False}, ("train",)),
+    "no_winograd": ({"winograd": ()}, ("infer", "train")),
+    "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
+}
+
+
+def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
+    """``{name: model under the varied policy}`` for the :data:`LEVER_VARIANTS` that change
+    something for this model and mode (their conv choices differ from its own policy's, or
+    the lever acts in this mode and dtype)."""
+    custom = kernels.CUSTOM_CONVS
+
+    def same_program(rows):  # in inference the custom convs with XLA's forward run just that
+        return [(p, "xla" if mode == "infer" and i in custom and custom[i].forward == "xla"
+                 else i, x, w) for p, i, x, w in rows]
+
+    base = same_program(conv_choices(model, input_shape, dtype=dtype))
+    out = {}
+    for name, (changes, modes) in LEVER_VARIANTS.items():
+        if mode not in modes:
+            continue
+        variant = model.with_policy(model.policy.replace(**changes))
+        if name == "bf16_native":
+            if dtype != "bfloat16":
+                continue
+        elif name == "no_input_grad":
+            if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
+                continue
+        elif same_program(conv_choices(variant, input_shape, dtype=dtype)) == base:
+            continue
+        out[name] = variant
+    return out

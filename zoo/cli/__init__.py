@@ -1,0 +1,59 @@
+"""The one command line: ``zoo COMMAND`` (also ``python -m zoo COMMAND``).
+
+Each command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; the work is
+the library's. Errors meant for the user print one line and exit 2 (1 when training
+diverged, 130 on Ctrl-C); nothing else reaches the terminal as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import benchmark, docs, evaluate, models, predict, train, visualize
+
+__all__ = ["COMMANDS", "build_parser", "main", "script"]
+
+#: command -> (module, one-line help)
+COMMANDS = {
+    "train": (train, "train a model (default: lenet5 on the digits that ship with scikit-learn)"),
+    "evaluate": (evaluate, "evaluate a training run's best checkpoint"),
+    "predict": (predict, "top classes of images under pretrained weights"),
+    "visualize": (visualize, "filters, activations and fully-convolutional score maps"),
+    "benchmark": (benchmark, "speed against torch, interleaved, with the matmul peak"),
+    "summary": (models, "per-layer shapes, params, activations, MACs, receptive field"),
+    "list": (models, "registered models (and their weights)"),
+    "docs": (docs, "regenerate docs/models.md and the pictures of docs/fully_conv.md"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="The classic convolutional "
+                                     "networks as pure JAX functions.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        module.add_arguments(p, name)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run ``zoo`` with ``argv`` (default: the process's); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from ..train import NonFiniteLossError
+
+    try:
+        return args.handler(args)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def script(command: str) -> None:
+    """``scripts/<command>.py``: ``zoo <command>`` with the script's arguments."""
+    sys.exit(main([command, *sys.argv[1:]]))
