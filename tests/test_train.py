@@ -1,4 +1,4 @@
-"""zoo.train and scripts/train.py, scripts/evaluate.py: the default run, resume, data
+"""zoo.train, zoo train and zoo evaluate: the default run, resume, data
 parallelism, the NaN guard, freezing, auxiliary losses, bad inputs."""
 import json
 import os

@@ -313,12 +313,12 @@ def layer_names(model) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------
-# Models with weights, and the score-map report behind `evaluate.py --fully-conv`.
+# Models with weights, and the score-map report behind `zoo visualize scoremap`.
 
 def load_model(name: str, weights: str = "random", *, seed: int = 0, input_shape=None):
     """``(model, variables, class_names, config)``. ``weights``: ``"random"`` (an init from
     ``seed``), a weight tag (``"lenet5.digits"``, ``"vgg16.tv_in1k"``) or a file, loaded by
-    :func:`zoo.pretrained.load`. ``config`` has the mean/std the weights expect."""
+    :func:`zoo.weights.load`. ``config`` has the mean/std the weights expect."""
     import zoo
 
     if weights in ("random", "", None):

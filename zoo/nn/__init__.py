@@ -32,4 +32,4 @@ __all__ = ["ACTIVATIONS", "Activation", "AdaptiveAvgPool", "AvgPool", "BatchNorm
            "WithSideHeads", "count_params", "current_path", "filled", "he_normal",
            "is_sequence", "layer_names", "leaf_layers", "main_path", "name_key",
            "output_size", "rebuild", "record", "recorder", "recording", "scaled_normal",
-           "scaled_tanh", "scope", "scopes", "side_branch", "split", "truncate", "volume"]
+           "scaled_tanh", "scope", "scopes", "side_branch", "side_heads", "split", "truncate", "volume"]

@@ -98,7 +98,7 @@ def _load_pretrained(cfg, model, variables, log):
     return result, info
 
 
-def prepare(cfg: TrainConfig, *, model=None, data=None, log: Callable = print) -> dict:
+def prepare(cfg: TrainConfig, *, model=None, data=None) -> dict:
     """Resolve model, data, classes and input shape; every failure is a :class:`ConfigError`."""
     dmod = data_module()
     if model is not None:
@@ -162,7 +162,7 @@ def prepare(cfg: TrainConfig, *, model=None, data=None, log: Callable = print) -
 
 def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: int | None = None,
         verbose: bool = True, **overrides) -> dict:
-    """Train as ``scripts/train.py`` does and return the summary dict.
+    """Train as ``zoo train`` does and return the summary dict.
 
     ``config``: a :class:`TrainConfig`, a dict of its fields, or None (defaults);
     ``overrides``: fields to change. ``model``: a :class:`zoo.Model` to use instead of
@@ -178,7 +178,7 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     log = print if verbose and is_main() else quiet
     t_start = time.perf_counter()
 
-    setup = prepare(cfg, model=model, data=data, log=log)
+    setup = prepare(cfg, model=model, data=data)
     model, train_all, eval_all = setup["model"], setup["train_ds"], setup["eval_ds"]
     run_dir = cfg.output_dir or _default_output_dir(cfg)
     manager = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints"), keep=cfg.keep)

@@ -154,13 +154,13 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
     ``model.init(PRNGKey(seed))`` at its native size). Every leaf comes from the weights,
     except the classifier's (``model.classifier``: GoogLeNet's aux heads' ``fc2`` too)
     when the class counts differ: those keep the template's fresh initialisation and
-    ``info["message"]`` says so (also passed to ``log`` when given; ``scripts/train.py``
+    ``info["message"]`` says so (also passed to ``log`` when given; ``zoo train``
     prints it). Any other mismatch raises ``ValueError`` listing the paths (e.g. VGG's fc6
     when fine-tuning at another input size). ``info`` also has ``mean``/``std`` (the
     weights' input normalisation, to use for the new data), ``class_names`` (the
     source's), ``reinitialised`` (paths), ``num_source_classes``, ``source`` and ``path``.
 
-    ``zoo.train`` (``scripts/train.py --pretrained``) calls
+    ``zoo.train`` (``zoo train --pretrained``) calls
     ``load_for_finetuning(tag_or_path, model=model, variables=variables)``.
     """
     import jax

@@ -264,7 +264,7 @@ def load_torchvision(name: str | Model, path: str, *, input_shape=None, **config
     path = os.fspath(path)
     if path.endswith(".safetensors") and ckpt.is_zoo_file(path):
         raise ValueError(f"{path} is a zoo weights file, not a torchvision state dict: use "
-                         f"zoo.pretrained.load({path!r}) or zoo.checkpoint.load_weights")
+                         f"zoo.weights.load({path!r}) or zoo.checkpoint.load_weights")
     variables = convert_state_dict(model, read_state_dict(path), input_shape=input_shape,
                                    what=f"torchvision weights {os.path.basename(path)}")
     return jax.device_put(variables)
