@@ -65,13 +65,19 @@ def jitted_apply(model, train=False):
     return _JIT_APPLY[model.name, train]
 
 
+#: What these tests check (shapes, modes, state) does not depend on how convs run; Winograd's
+#: layers add about 1 s of compile each (VGG at 32x32, GoogLeNet-2014 at 224), so they run
+#: with it off. Its values: tests/test_winograd.py, test_policy.py and the torchvision parity.
+POLICY = zoo.ConvPolicy(winograd=())
+
+
 @pytest.fixture(scope="module")
 def small_variables():
     cache = {}
 
     def get(name):
         if name not in cache:
-            model = zoo.create(name)
+            model = zoo.create(name, conv_policy=POLICY)
             cache[name] = (model, model.init(jax.random.key(0), small_shape(name)))
         return cache[name]
 
