@@ -238,18 +238,20 @@ def choose(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     the policy's choice when traced, else ``'xla'`` (an eager call: one dispatch)."""
     g, _ = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                     groups=groups, rounding=rounding, dtype=x.dtype, where=where)
+    return _resolve(g, x, impl, policy or DEFAULT_POLICY, where)
+
+
+def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str) -> str:
     if impl is None or impl == "auto":
-        if not isinstance(x, jax.core.Tracer):
-            return "xla"
-        return (policy or DEFAULT_POLICY).choose(g)
+        return policy.choose(g) if isinstance(x, jax.core.Tracer) else "xla"
     if impl not in IMPLS:
         raise ValueError(f"conv impl must be one of {IMPLS} or 'auto', got {impl!r}")
-    if impl == "taps" and groups != 1:
+    if impl == "taps" and g.groups != 1:
         raise ValueError(f"layer '{where}': conv impl 'taps' takes ungrouped convs only")
     if impl == "winograd" and not g.winograd_shape():
         raise ValueError(f"layer '{where}': conv impl 'winograd' takes 3x3, stride-1, "
-                         f"undilated, ungrouped convs only; got kernel {tuple(w.shape)}, "
-                         f"stride {g.stride}, dilation {g.dilation}, groups {groups}")
+                         f"undilated, ungrouped convs only; got kernel {tuple(g.w_shape)}, "
+                         f"stride {g.stride}, dilation {g.dilation}, groups {g.groups}")
     return impl
 
 
@@ -261,10 +263,9 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     choice (default :class:`ConvPolicy()`). The result has ``x``'s dtype; low-precision
     inputs accumulate as the policy says. ``where`` names the layer in errors."""
     policy = policy or DEFAULT_POLICY
-    impl = choose(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  rounding=rounding, impl=impl, policy=policy, where=where)
     g, padding = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, rounding=rounding, dtype=x.dtype, where=where)
+    impl = _resolve(g, x, impl, policy, where)
     pads = padding_pairs(x.shape, w.shape[:2], g.stride, padding, g.dilation, g.out_hw)
     w = w.astype(x.dtype)
     geom = Geom(g.stride, tuple(map(tuple, pads)), g.dilation, groups, precision,
