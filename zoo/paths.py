@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 __all__ = ["diff", "flatten", "get", "load_into", "map_with_paths", "mask", "matches", "merge",
-           "path_str", "set_path", "shape_tree", "unflatten"]
+           "mismatch_message", "mismatches", "path_str", "set_path", "shape_tree", "unflatten"]
 
 
 def _key_name(k) -> str:
@@ -155,34 +155,59 @@ def _shape(x) -> tuple:
     return tuple(shape) if shape is not None else tuple(np.shape(x))
 
 
+def _flat(loaded: Mapping[str, Any]) -> Mapping[str, Any]:
+    if loaded and not all(isinstance(k, str) and not isinstance(v, Mapping)
+                          for k, v in loaded.items()):
+        return flatten(loaded)
+    return loaded
+
+
+def mismatches(template, loaded: Mapping[str, Any], *,
+               source: str = "loaded") -> dict[str, list[str]]:
+    """Why ``loaded`` (flat ``path -> array``, or a nested dict) does not fill ``template``
+    leaf for leaf: ``{"missing": [...], "unexpected": [...], "mis-shaped": [...]}``, one line
+    per path with its shapes (``source`` names the loaded side); all empty when it fits."""
+    loaded = _flat(loaded)
+    items = jax.tree_util.tree_flatten_with_path(template)[0]
+    tshapes = {path_str(p): _shape(t) for p, t in items}
+    return {
+        "missing": [f"{n} {s}" for n, s in tshapes.items() if n not in loaded],
+        "unexpected": [f"{n} {_shape(loaded[n])}" for n in sorted(set(loaded) - set(tshapes))],
+        "mis-shaped": [f"{n}: model {s}, {source} {_shape(loaded[n])}" for n, s in tshapes.items()
+                       if n in loaded and s != _shape(loaded[n])],
+    }
+
+
+def mismatch_message(what: str, found: Mapping[str, Sequence[str]], *,
+                     limit: int | None = None) -> str:
+    """``"<what> (2 missing, ...):"`` and the lines of ``found`` (:func:`mismatches`,
+    possibly with more kinds), at most ``limit`` per kind."""
+    counts = ", ".join(f"{len(lines)} {kind}" for kind, lines in found.items())
+    out = [f"{what} ({counts}):"]
+    for kind, lines in found.items():
+        shown = lines if limit is None else lines[:limit]
+        out += [f"  {kind:<11} {line}" for line in shown]
+        if len(shown) < len(lines):
+            out.append(f"  {kind:<11} ... and {len(lines) - len(shown)} more")
+    return "\n".join(out)
+
+
 def load_into(template, loaded: Mapping[str, Any], *, what: str = "checkpoint",
               prefix: str = "", cast: bool = True):
     """``loaded`` (flat ``path -> array``, or a nested dict) restored into ``template``'s
     structure. Every template leaf must be filled with the same shape and every loaded path
-    used; otherwise a ``ValueError`` lists the missing, unexpected and mis-shaped paths.
-    Leaves are cast to the template's dtype when ``cast``."""
-    if loaded and not all(isinstance(k, str) and not isinstance(v, Mapping)
-                          for k, v in loaded.items()):
-        loaded = flatten(loaded)
+    used; otherwise a ``ValueError`` lists the missing, unexpected and mis-shaped paths
+    (:func:`mismatches`). Leaves are cast to the template's dtype when ``cast``."""
+    loaded = _flat(loaded)
     if prefix:
         loaded = {k[len(prefix) + 1:]: v for k, v in loaded.items() if k.startswith(prefix + "/")}
+    found = mismatches(template, loaded)
+    if any(found.values()):
+        raise ValueError(mismatch_message(f"{what} does not match the model", found))
     items, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [path_str(p) for p, _ in items]
-    missing = [n for n in names if n not in loaded]
-    unexpected = sorted(set(loaded) - set(names))
-    misshaped = [(n, _shape(t), _shape(loaded[n])) for n, (_, t) in zip(names, items)
-                 if n in loaded and _shape(t) != _shape(loaded[n])]
-    if missing or unexpected or misshaped:
-        lines = [f"{what} does not match the model"
-                 f" ({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped):"]
-        tshapes = {n: _shape(t) for n, (_, t) in zip(names, items)}
-        lines += [f"  missing     {n} {tshapes[n]}" for n in missing]
-        lines += [f"  unexpected  {n} {_shape(loaded[n])}" for n in unexpected]
-        lines += [f"  mis-shaped  {n}: model {a}, loaded {b}" for n, a, b in misshaped]
-        raise ValueError("\n".join(lines))
     leaves = []
-    for n, (_, t) in zip(names, items):
-        v = loaded[n]
+    for p, t in items:
+        v = loaded[path_str(p)]
         if cast and hasattr(t, "dtype"):
             v = np.asarray(v).astype(t.dtype, copy=False)
         leaves.append(v)

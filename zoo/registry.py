@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import numbers
 import re
 from typing import Any, Callable, Mapping
 
 import jax
+import numpy as np
 
-from . import nn
+from . import contract, nn
 from .images import IMAGENET_MEAN, IMAGENET_STD, Transforms
 from .kernels import ConvPolicy
 
@@ -25,6 +27,9 @@ from .kernels import ConvPolicy
 DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
                     "deviations", "aux_loss_weight")
 TORCHVISION_URL = "https://download.pytorch.org/models/"
+#: the most outputs a classifier may have (ImageNet-21k has 21,841; this is 46x that): a
+#: larger count is a typo, refused before anything is built or allocated
+MAX_CLASSES = 1_000_000
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,6 +135,9 @@ class Model:
     def __init__(self, network: nn.Layer, config: Mapping[str, Any],
                  meta: Mapping[str, Any] | None = None, policy: ConvPolicy | None = None):
         config, meta = _split(config, meta)
+        if "num_classes" in config:
+            config["num_classes"] = check_num_classes(meta.get("name", "model"),
+                                                      config["num_classes"])
         for name, value in (("network", network), ("config", config), ("meta", meta),
                             ("policy", policy or ConvPolicy())):
             object.__setattr__(self, name, value)
@@ -218,33 +226,65 @@ class Model:
 
         return jax.eval_shape(run, jax.random.key(0)), tuple(box["out"])
 
-    def apply(self, params, state, x, *, train: bool = False, rng=None):
+    def apply(self, params, state, x, *, train: bool = False, rng=None, check: bool = True):
         """``(logits, new_state)``; ``train=True`` uses batch statistics and dropout (which
-        needs ``rng``)."""
-        self._check_shape(tuple(x.shape))
-        self._check_rng(train, rng)
+        needs ``rng``).
+
+        The call is checked before anything runs (:meth:`validate`), so a wrong argument is
+        an error that names it, never a wrong result. ``x``: floating images (N, H, W, C),
+        N >= 1, normalised with :attr:`mean`/:attr:`std`; integer and bool images are a
+        ``TypeError`` (write ``x.astype(jnp.float32) / 255``, then ``(x - mean) / std``).
+        ``params``/``state``: the tree and shapes of :meth:`init` at this input size
+        (``state=None`` is taken as ``{}`` when the model keeps no state). ``rng``: one key,
+        ``jax.random.key(0)`` or a legacy ``jax.random.PRNGKey(0)``. Under ``jit`` the
+        checks run once, at trace time; ``check=False`` skips the params/state comparison
+        (for speed in an eager loop; the input and rng checks, microseconds, always run)."""
+        state = self.validate(params, state, x, train=train, rng=rng, check=check)
         return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
 
-    def apply_with_aux(self, params, state, x, *, train: bool = False, rng=None):
+    def apply_with_aux(self, params, state, x, *, train: bool = False, rng=None,
+                       check: bool = True):
         """``(logits, {head: logits}, new_state)``: :meth:`apply` plus the side heads'
         outputs (GoogLeNet's auxiliary classifiers; ``{}`` for a model without any), which
         run here in train and eval mode alike. Their loss weight is
-        :attr:`aux_loss_weight`."""
+        :attr:`aux_loss_weight`. Checked as :meth:`apply`."""
         fn = self.network.apply_with_aux
         if fn is None:
-            logits, new_state = self.apply(params, state, x, train=train, rng=rng)
+            logits, new_state = self.apply(params, state, x, train=train, rng=rng, check=check)
             return logits, {}, new_state
-        self._check_shape(tuple(x.shape))
-        self._check_rng(train, rng)
+        state = self.validate(params, state, x, train=train, rng=rng, check=check)
         return fn(params, state, x, train=train, rng=rng, policy=self.policy)
 
-    def _check_rng(self, train, rng):
-        if train and rng is None:
-            dropout = [p for p, layer in nn.leaf_layers(self.network)
-                       if layer.kind == "dropout" and layer.config["rate"] > 0]
-            if dropout:
-                raise ValueError(f"{self.name}: train=True needs an explicit rng for its dropout "
-                                 f"layers ({', '.join('/'.join(p) for p in dropout)})")
+    def validate(self, params, state, x, *, train: bool = False, rng=None, check: bool = True):
+        """Raise what :meth:`apply` raises for these arguments, computing nothing: the input
+        contract, the rng, and (``check``) ``params``/``state`` against the abstract init at
+        ``x``'s size, cached per size; a layer that does not fit the input names itself.
+        Returns the state to run with."""
+        self._check_input(x)
+        contract.check_rng(rng, name=self.name, train=train, dropout=self._dropout_paths)
+        if not check:
+            return {} if state is None else state
+        return contract.check_variables(params, state, self._expected(tuple(x.shape[1:])),
+                                        name=self.name, classifier=self.classifier,
+                                        native=self._native_variables)
+
+    def _check_input(self, x):
+        contract.check_input(x, name=self.name, channels=self.input_shape[-1], mean=self.mean,
+                             std=self.std, example=self.default_input_shape())
+
+    def _expected(self, hwc) -> contract.Expected:
+        cache = self.__dict__.setdefault("_expected_by_size", {})
+        if hwc not in cache:
+            abstract, _ = self.abstract_init((1, *hwc))
+            cache[hwc] = contract.Expected.of(abstract, "x".join(map(str, hwc)))
+        return cache[hwc]
+
+    def _native_variables(self):
+        return self._expected(self.input_shape).abstract, "x".join(map(str, self.input_shape))
+
+    def _dropout_paths(self) -> list[str]:
+        return ["/".join(p) for p, layer in nn.leaf_layers(self.network)
+                if layer.kind == "dropout" and layer.config["rate"] > 0]
 
     def _check_shape(self, shape):
         channels = self.input_shape[-1]
@@ -330,10 +370,39 @@ def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy
     unknown = set(config) - set(s.defaults)
     if unknown:
         raise ValueError(f"{name}: unknown config {sorted(unknown)}; known: {sorted(s.defaults)}")
-    args = {**s.defaults, **config}
-    if int(args["num_classes"]) < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {args['num_classes']}")
+    args = check_config(name, {**s.defaults, **config}, s.defaults)
     return Model(s.builder(**args), args, s.meta, conv_policy)
+
+
+def check_num_classes(name: str, value) -> int:
+    """``value`` as a class count: an int (not a bool) from 1 to :data:`MAX_CLASSES`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: num_classes must be an int, got {type(value).__name__} "
+                        f"{value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {value}")
+    if value > MAX_CLASSES:
+        raise ValueError(f"{name}: num_classes={value} is more than MAX_CLASSES={MAX_CLASSES:,} "
+                         f"(ImageNet-21k has 21,841 classes): a typo? Nothing was allocated")
+    return int(value)
+
+
+def check_config(name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    """Builder arguments of the types of their defaults (a bool for a bool, an int for an
+    int) and a sane class count, checked before anything is built or allocated."""
+    config = dict(config)
+    for key, default in defaults.items():
+        value = config.get(key)
+        if key == "num_classes":
+            config[key] = check_num_classes(name, value)
+        elif isinstance(default, bool):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: {key} must be True or False, got {value!r}")
+            config[key] = bool(value)
+        elif isinstance(default, int) and (isinstance(value, (bool, np.bool_))
+                                           or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"{name}: {key} must be an int, got {value!r}")
+    return config
 
 
 def from_metadata(meta: Mapping[str, Any], *, conv_policy: ConvPolicy | None = None) -> Model:
@@ -342,11 +411,18 @@ def from_metadata(meta: Mapping[str, Any], *, conv_policy: ConvPolicy | None = N
     name = meta.get("model")
     if not name:
         raise ValueError("the metadata names no model (no 'model' key)")
+    if not isinstance(name, str):
+        raise ValueError(f"the metadata's 'model' must be a model name, got {name!r}")
     saved = dict(meta.get("config") or {})
     overrides = {k: v for k, v in saved.items() if k in spec(name).defaults}
     if meta.get("num_classes"):
-        overrides["num_classes"] = int(meta["num_classes"])
-    return create(name, conv_policy=conv_policy, **overrides)
+        overrides["num_classes"] = meta["num_classes"]
+    if isinstance(overrides.get("num_classes"), str) and overrides["num_classes"].isdigit():
+        overrides["num_classes"] = int(overrides["num_classes"])
+    try:
+        return create(name, conv_policy=conv_policy, **overrides)
+    except TypeError as err:  # metadata is data: a wrong type is a bad file, not a bad call
+        raise ValueError(f"the metadata's config does not build {name}: {err}") from None
 
 
 jax.tree_util.register_static(Model)

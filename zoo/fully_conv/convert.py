@@ -46,13 +46,23 @@ class FullyConvModel(Model):
     _compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     _geometry: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-    def apply(self, params, state, x, *, train: bool = False, rng=None):
+    # apply is Model's: the input contract, then (below) a map of at least one full crop,
+    # then params and state against the abstract init at the input's size.
+    def _check_input(self, x):
+        super()._check_input(x)
+        self.fit_size(x.shape[1], x.shape[2])  # smaller than a crop: no cell means anything
+
+    def abstract_init(self, input_shape=None):
+        """As :meth:`Model.abstract_init`; an input smaller than the training size, or one
+        that does not fit a layer, raises with the sizes the net takes (:meth:`fit_hint`)."""
+        if input_shape is not None and len(input_shape) == 4:
+            self.fit_size(input_shape[1], input_shape[2])
         try:
-            return super().apply(params, state, x, train=train, rng=rng)
+            return super().abstract_init(input_shape)
         except ValueError as err:
-            if len(x.shape) != 4:
+            if input_shape is None or len(input_shape) != 4:
                 raise
-            raise ValueError(f"{err}\n{self.fit_hint(x.shape[1], x.shape[2])}") from err
+            raise ValueError(f"{err}\n{self.fit_hint(input_shape[1], input_shape[2])}") from err
 
     # -- geometry --------------------------------------------------------------------------
     def fit_size(self, height: int, width: int) -> tuple[int, int]:
@@ -79,11 +89,7 @@ class FullyConvModel(Model):
         """Score-map size for an input of ``height x width``; raises if it does not fit."""
         key = (int(height), int(width))
         if key not in self._geometry:
-            shape = (1, height, width, self.input_shape[-1])
-            try:
-                out = self.output_shape(shape)
-            except ValueError as err:
-                raise ValueError(f"{err}\n{self.fit_hint(height, width)}") from err
+            out = self.output_shape((1, height, width, self.input_shape[-1]))
             self._geometry[key] = tuple(out[1:3])
         return self._geometry[key]
 
@@ -99,6 +105,7 @@ class FullyConvModel(Model):
         self.map_shape(x_shape[1], x_shape[2])  # a clear error before tracing
 
         def forward(p, s, x):
+            self.validate(p, s, x)  # at trace time: the input's dtype, params and state
             if per_example:
                 return jax.lax.map(lambda xi: self.network.apply(p, s, xi[None],
                                                                  policy=self.policy)[0][0], x)

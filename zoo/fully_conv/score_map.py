@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import contract
 from .convert import convert
 
 # ----------------------------------------------------------------------------------------
@@ -119,6 +120,8 @@ def score_map(model, variables, image, stride=None, scales: Sequence[float] = (1
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"image must be (H, W, C) or (N, H, W, C), got shape {tuple(x.shape)}")
+    contract.check_input(x, name=fcn.name, channels=fcn.input_shape[-1], mean=fcn.mean,
+                         std=fcn.std, example=(1, *fcn.input_shape))
     step = fcn.stride if stride is None else int(stride)
     if not scales:
         raise ValueError("scales must name at least one factor")

@@ -36,11 +36,17 @@ def scaled_normal(key, shape, scale: float, dtype=jnp.float32):
     in NumPy (the same float32 product), because as JAX ops they compiled one program per
     kernel shape (GoogLeNet: 58 programs, 8 of its 10 s of eager init)."""
     n = math.prod(shape)
+    count = -(-n // _NORMAL_BLOCK)
+    if isinstance(key, jax.core.Tracer) and count > 1:
+        # Traced (jax.eval_shape, jit): the blocks as one batched draw, the same values,
+        # so an abstract init costs the same whatever the layer's size.
+        draw = jax.vmap(lambda i: _normal_block(jax.random.fold_in(key, i), _NORMAL_BLOCK))
+        return (draw(jnp.arange(count, dtype=jnp.uint32)).reshape(-1)[:n].reshape(shape)
+                * scale).astype(dtype)
     if n <= _NORMAL_BLOCK:
         blocks = [_normal_block(key, _draw_length(n))]
     else:
-        blocks = [_normal_block(jax.random.fold_in(key, i), _NORMAL_BLOCK)
-                  for i in range(-(-n // _NORMAL_BLOCK))]
+        blocks = [_normal_block(jax.random.fold_in(key, i), _NORMAL_BLOCK) for i in range(count)]
     if isinstance(blocks[0], jax.core.Tracer):  # a traced init (jax.eval_shape, jit)
         return (jnp.concatenate(blocks)[:n].reshape(shape) * scale).astype(dtype)
     drawn = np.concatenate([np.asarray(b) for b in blocks])[:n]

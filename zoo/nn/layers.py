@@ -16,10 +16,19 @@ from ..kernels import pair as _pair
 from .init import filled, he_normal, scaled_normal
 from .layer import Layer, current_path, name_key, record, recorder, spatial_out, volume
 
+def _check_features(kind, features):
+    """A width is a positive int: checked when the layer is built, before any init."""
+    if isinstance(features, (bool, np.bool_)) or not isinstance(features, (int, np.integer)):
+        raise TypeError(f"{kind}: features must be an int, got {features!r}")
+    if features < 1:
+        raise ValueError(f"{kind}: features must be >= 1, got {features}")
+
+
 def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bias=True,
          rounding="exact", impl=None, mask=None) -> Layer:
     """Convolution, kernel HWIO. ``mask`` (optional ``(Cin, Cout)`` 0/1 table, as LeNet-5's
     C3) stores only the connected kernel slices: params ``kernel`` is ``(kh, kw, n_connections)``."""
+    _check_features("Conv", features)
     kh, kw = _pair(kernel)
     cfg = dict(features=features, kernel=(kh, kw), stride=_pair(stride), padding=_pair(padding),
                dilation=_pair(dilation), groups=groups, bias=bias, rounding=rounding, impl=impl)
@@ -77,6 +86,7 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
 
 def Dense(features: int, *, bias=True) -> Layer:
     """Fully-connected layer, kernel ``(in, out)``, on the last axis."""
+    _check_features("Dense", features)
 
     def init(key, in_shape):
         fan_in = in_shape[-1]
@@ -229,6 +239,17 @@ def LRN(size=5, alpha=1e-4, beta=0.75, k=2.0) -> Layer:
     return Layer(init, apply, "lrn", dict(size=size, alpha=alpha, beta=beta, k=k))
 
 
+def _check_batch_statistics(x):
+    """Train mode needs at least two values per channel: one would normalise to zero (every
+    input the same output) and none would make the running statistics NaN."""
+    per_channel = x.size // x.shape[-1] if x.shape[-1] else 0
+    if per_channel < 2:
+        raise ValueError(f"layer '{current_path()}': BatchNorm in train mode expected more than "
+                         f"1 value per channel, got input of shape {tuple(x.shape)} "
+                         f"({per_channel} per channel); use a larger batch (or images), or "
+                         f"train=False")
+
+
 def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
     """Batch normalization (Ioffe & Szegedy 2015) over N, H, W, with PyTorch's semantics:
     train normalises with the biased batch variance and updates the running statistics
@@ -245,6 +266,7 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
 
     def apply(params, state, x, *, train=False, rng=None, policy=None):
         if train:
+            _check_batch_statistics(x)
             y, mean, var = kernels.batch_norm_train(x.astype(jnp.float32), params["scale"],
                                                 params["bias"], eps)
             n = x.size // x.shape[-1]
