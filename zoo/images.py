@@ -4,9 +4,10 @@
   converted): :func:`fit_images`, the rule every training source goes through;
 - the preprocessing of a set of weights (:class:`Transforms`: torchvision's resize of the
   shorter side, centre crop, mean/std);
-- loading a file or a scikit-image photo, resizing, normalising and back for display.
+- loading a file (:mod:`zoo.image_files`: every Pillow mode, errors naming the file) or a
+  scikit-image photo, resizing, normalising and back for display.
 
-NumPy and Pillow only; imports nothing else of the zoo.
+NumPy and Pillow only; imports nothing else of the zoo but :mod:`zoo.image_files`.
 """
 from __future__ import annotations
 
@@ -16,29 +17,34 @@ from typing import Sequence
 
 import numpy as np
 
+# the file reader's names are part of this module's surface too
+from .image_files import (WIDE_MODES, ImageError, check_image_file, image_extensions,  # noqa: F401
+                          open_image, read_image, to_8bit)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: photos that ship with scikit-image, loadable by name
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera")
 _DENSE_RESIZE_MAX = 64   # sources up to this size are resized by dense matrix products
-
-
-class ImageError(ValueError):
-    """An image that cannot be used as given; the message says which and why."""
+#: the largest side of a model input an image is fitted to (a larger one is a typo)
+MAX_IMAGE_SIDE = 16384
 
 
 # ----------------------------------------------------------------------------------------
 # Fitting images to a model's input.
 
 def check_image_shape(image_shape) -> tuple[int, int, int]:
+    """(height, width, channels) as ints: whole numbers, sides 1..MAX_IMAGE_SIDE, 1..64 channels."""
     try:
-        shape = tuple(int(s) for s in image_shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ImageError(f"image_shape must be (height, width, channels) with positive sizes, "
-                        f"got {image_shape!r}")
-    return shape
+        shape = tuple(image_shape)
+        ok = len(shape) == 3 and all(not isinstance(s, (bool, np.bool_)) and int(s) == s
+                                     for s in shape)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or not (min(shape) >= 1 and max(shape[:2]) <= MAX_IMAGE_SIDE and shape[2] <= 64):
+        raise ImageError(f"image_shape must be (height, width, channels) of whole numbers, "
+                         f"sides 1..{MAX_IMAGE_SIDE} and 1..64 channels, got {image_shape!r}")
+    return tuple(int(s) for s in shape)
 
 
 def _pads_to(h: int, w: int, height: int, width: int) -> bool:
@@ -161,65 +167,70 @@ def fit_image(image: np.ndarray, image_shape: Sequence[int], *, what: str = "ima
 
 
 def as_image_array(images: np.ndarray, what: str) -> np.ndarray:
-    """uint8 stays; floats must lie in [0, 1] (-> float32); other integers must fit 0..255."""
+    """uint8 stays; bool -> 0/255 (as Pillow's "1"); floats must be finite and lie in
+    [0, 1] (-> float32); other integers must fit 0..255 (-> uint8)."""
     if images.dtype == np.uint8:
         return images
     if images.size == 0:
         raise ImageError(f"{what}: no images")
+    if images.dtype == np.bool_:
+        return images.astype(np.uint8) * np.uint8(255)
     if np.issubdtype(images.dtype, np.floating):
         lo, hi = float(np.min(images)), float(np.max(images))
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            bad = np.argwhere(~np.isfinite(images))
+            raise ImageError(f"{what}: {len(bad)} value(s) are NaN or infinite, the first at "
+                             f"index {tuple(int(i) for i in bad[0])}; images must be finite")
+        if lo < 0.0 or hi > 1.0:
             raise ImageError(f"{what}: float images must lie in [0, 1], found values in "
-                            f"[{lo:g}, {hi:g}] (pass uint8 0..255 or divide by 255)")
+                             f"[{lo:g}, {hi:g}] (pass uint8 0..255 or divide by 255)")
         return images.astype(np.float32, copy=False)
-    if np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+    if np.issubdtype(images.dtype, np.integer):
         lo, hi = int(np.min(images)), int(np.max(images))
         if lo < 0 or hi > 255:
-            raise ImageError(f"{what}: integer images must lie in 0..255, found {lo}..{hi}")
+            raise ImageError(f"{what}: integer images must lie in 0..255, found {lo}..{hi} "
+                             "(16-bit data: divide by 65535.0 for floats in [0, 1])")
         return images.astype(np.uint8)
-    raise ImageError(f"{what}: images must be numeric arrays, got dtype {images.dtype}")
-
-
-# --------------------------------------------------------------------------------------
-# Splits and statistics
-# --------------------------------------------------------------------------------------
+    raise ImageError(f"{what}: images must be real numbers (uint8 0..255 or floats in "
+                     f"[0, 1]), got dtype {images.dtype}")
 
 
 # ----------------------------------------------------------------------------------------
 # Single images: load, resize, normalise, display.
 
 def load_image(spec) -> np.ndarray:
-    """uint8 (H, W, 3) or (H, W) array from a file path or a scikit-image photo name."""
+    """uint8 (H, W, 3) or (H, W) array from a file path (any mode, :func:`to_8bit`) or a
+    scikit-image photo name."""
     spec = os.fspath(spec)
-    if spec in SKIMAGE_PHOTOS and not os.path.exists(spec):
+    if spec in SKIMAGE_PHOTOS and not os.path.lexists(spec):
         from skimage import data as skdata
 
         return np.asarray(getattr(skdata, spec)())
-    from PIL import Image
-
-    try:
-        with Image.open(spec) as im:
-            return np.asarray(im.convert("RGB" if im.mode not in ("L", "I", "F") else "L"))
-    except FileNotFoundError:
+    if not os.path.lexists(spec):
         raise FileNotFoundError(f"no image at {spec} (nor a scikit-image photo: "
-                                f"{', '.join(SKIMAGE_PHOTOS)})") from None
+                                f"{', '.join(SKIMAGE_PHOTOS)})")
+    return np.asarray(open_image(spec))
 
 
 def _pil(image, channels: int):
-    """A PIL image in mode ``L`` (1 channel) or ``RGB`` (3) from a path, a PIL image or an
-    array (uint8, or floats in [0, 1])."""
+    """A PIL image in mode ``L`` (1 channel) or ``RGB`` (3) from a path, a PIL image (any
+    mode, :func:`to_8bit`) or an array (:func:`as_image_array`: uint8, or floats in [0, 1])."""
     from PIL import Image
 
     if channels not in (1, 3):
         raise ImageError(f"images are converted to 1 or 3 channels, not {channels}")
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im.load()
-            image = im.copy()
-    if not isinstance(image, Image.Image):
+        image = open_image(image)
+    elif isinstance(image, Image.Image):
+        image = to_8bit(image)
+    else:
         array = np.asarray(image)
+        if array.ndim not in (2, 3) or array.size == 0:
+            raise ImageError(f"an image array must be (H, W) or (H, W, C) and non-empty, got "
+                             f"shape {array.shape}")
+        array = as_image_array(array, "image")
         if array.dtype != np.uint8:
-            array = np.clip(np.round(np.asarray(array, np.float32) * 255), 0, 255).astype(np.uint8)
+            array = np.rint(array * 255.0).astype(np.uint8)
         array = convert_channels(array[..., None] if array.ndim == 2 else array, channels)
         image = Image.fromarray(array[..., 0] if channels == 1 else array)
     return image.convert({1: "L", 3: "RGB"}[channels])

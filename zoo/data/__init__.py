@@ -21,10 +21,23 @@ a folder path
     One subfolder per class (class names = sorted subfolder names, hidden ones ignored),
     image files in any format Pillow reads, found recursively. Evaluation data comes from
     ``val_dataset`` (another such folder with the same classes) or a stratified
-    ``val_fraction`` of the folder (default 0.2).
+    ``val_fraction`` of the folder (default 0.2). Extensions match in any case (.JPG);
+    hidden files (.DS_Store, ._x.jpg) are ignored; other non-image files are skipped with
+    one warning that counts them. Links are followed once per real path: a folder already
+    walked, one of another class or one above the class folder (a loop) is ignored with
+    one warning. Every mode is read as 8-bit gray or RGB (:mod:`zoo.image_files`: 16-bit
+    scaled by 255/65535, transparency over white). An image file that cannot be read
+    (empty, truncated, damaged, not an image) is an error (:class:`ImageFileError`) that
+    counts and names them: a dataset never shrinks unnoticed.
 ``(images, labels)``
-    NumPy arrays (Python API): images (N, H, W, C) uint8 0..255 or float in [0, 1], labels
-    (N,) integers; evaluation data from ``val_fraction`` (default 0.2).
+    NumPy arrays (Python API): images (N, H, W, C) uint8 0..255, float in [0, 1] (finite)
+    or bool (0/255), labels (N,) integers 0..K-1 (whole floats accepted), K = max + 1 at
+    most ``zoo.registry.MAX_CLASSES``; labels are checked before anything is sized by
+    them, and an error names the offending value and its index. Evaluation data from
+    ``val_fraction`` (default 0.2).
+
+Sizes are checked before allocating: the images at the model's size must fit in half of
+the machine's memory (:func:`check_memory`).
 
 Fitting images to the model (one rule for every source, :func:`zoo.images.fit_images`): an image
 smaller than the target by at most 1/8 of the target's size on each axis is zero-padded,
@@ -33,7 +46,8 @@ resized with a bilinear (triangle) filter, widened when shrinking (antialiased, 
 does), so that it covers the target with its aspect ratio kept, then centre-cropped (the
 8x8 digits become 32x32 for LeNet-5). Small sources are resized as a batch by NumPy matrix
 products, large ones by Pillow (same filter). Grayscale becomes RGB by repeating the
-channel; RGB becomes grayscale with ITU-R 601 luma weights (Pillow's "L"); RGBA loses alpha.
+channel; RGB becomes grayscale with ITU-R 601 luma weights (Pillow's "L"); RGBA arrays lose
+alpha (image files with transparency are composited over white).
 Images are kept in memory at the target size (uint8 where the source is 8-bit): CIFAR-10
 at 32x32 is 150 MB, at 224x224 7.5 GB; ImageNet-size datasets do not fit this design.
 
@@ -49,10 +63,11 @@ only.
 """
 from ..images import fit_image, fit_images
 from .batches import batches, check_batch_size, steps_per_epoch
-from .dataset import AUGMENTATIONS, DataError, Dataset, stratified_split
+from .dataset import (AUGMENTATIONS, DataError, Dataset, ImageFileError, check_labels,
+                      check_memory, stratified_split)
 from .sources import DATASET_CHOICES, load
 from .tfds import TFDS_DATASETS
 
-__all__ = ["AUGMENTATIONS", "DATASET_CHOICES", "DataError", "Dataset", "TFDS_DATASETS",
-           "batches", "check_batch_size", "fit_image", "fit_images", "load",
-           "steps_per_epoch", "stratified_split"]
+__all__ = ["AUGMENTATIONS", "DATASET_CHOICES", "DataError", "Dataset", "ImageFileError",
+           "TFDS_DATASETS", "batches", "check_batch_size", "check_labels", "check_memory",
+           "fit_image", "fit_images", "load", "steps_per_epoch", "stratified_split"]

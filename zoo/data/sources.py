@@ -9,9 +9,11 @@ import warnings
 
 import numpy as np
 
-from ..images import as_image_array, check_image_shape, fit_image, fit_images
-from .dataset import (AUGMENTATIONS, DataError, Dataset, Part, channel_stats, check_fraction,
-                      check_seed, stratified_split)
+from ..images import (ImageError, as_image_array, check_image_shape, fit_image, fit_images,
+                      image_extensions, read_image)
+from .dataset import (AUGMENTATIONS, DataError, Dataset, ImageFileError, Part, channel_stats,
+                      check_fraction, check_labels, check_memory, check_seed, stratified_split,
+                      warn_empty_classes)
 from .tfds import TFDS_DATASETS, TFDS_PREFIX, TFDSSource
 
 #: Names accepted by :func:`load` besides paths and ``"tfds:NAME"``.
@@ -46,46 +48,46 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _digits(image_shape) -> Part:
     images, labels = _digits_arrays()
+    check_memory((len(images), *image_shape), np.float32, "digits")
     images = (images / 16.0)[..., None]     # (1797, 8, 8, 1) float32 in [0, 1]
     return Part(fit_images(images, image_shape, what="digits"), labels,
                  [str(k) for k in range(10)], "all")
 
 
-def _arrays(spec, image_shape) -> Part:
+def _arrays(spec, image_shape, role: str = "train") -> Part:
     if len(spec) != 2:
         raise DataError(f"an array dataset is a pair (images, labels), got {len(spec)} items")
-    images, labels = np.asarray(spec[0]), np.asarray(spec[1])
+    images = np.asarray(spec[0])
     if images.ndim != 4:
         hint = (" (for grayscale images add a channel axis: images[..., None])"
                 if images.ndim == 3 else "")
         raise DataError(f"images must be a 4-D array (N, H, W, C), got shape "
                         f"{images.shape}{hint}")
-    if labels.ndim != 1:
-        raise DataError(f"labels must be a 1-D array (N,), got shape {labels.shape}")
-    if len(images) != len(labels):
-        raise DataError(f"images and labels differ in length: {len(images)} images, "
-                        f"{len(labels)} labels")
-    if len(labels) == 0:
+    if len(images) == 0:
         raise DataError("the array dataset is empty")
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not (np.issubdtype(labels.dtype, np.floating)
-                and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
-            raise DataError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.min() < 0:
-        raise DataError(f"labels must be >= 0, found {labels.min()}")
+    labels = check_labels(spec[1], len(images))     # before anything is sized by them
+    if min(images.shape[1:]) < 1:
+        raise DataError(f"images must be non-empty, got shape {images.shape}")
+    check_memory((len(images), *image_shape), np.uint8 if images.dtype in (np.uint8, np.bool_)
+                 else np.float32, "arrays")
     images = as_image_array(images, "images")
-    return Part(fit_images(images, image_shape, what="images"), labels,
-                 [str(k) for k in range(int(labels.max()) + 1)], "all")
+    if role == "train" and labels.min() == labels.max():
+        raise DataError(f"the array dataset has only one class (every label is "
+                        f"{int(labels[0])}); a classifier needs at least two")
+    names = [str(k) for k in range(int(labels.max()) + 1)]
+    if role == "train":   # validation arrays are matched to the training classes instead
+        warn_empty_classes(labels, names, "arrays", "labels imply one class per value 0..max, "
+                           "and a class without examples gets no training signal; a typo?")
+    return Part(fit_images(images, image_shape, what="images"), labels, names, "all")
 
 
-def _image_extensions() -> set[str]:
-    from PIL import Image
-    return {ext.lower() for ext in Image.registered_extensions()}
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """(files, labels, class names) of a folder with one subfolder per class."""
+def _class_folders(root: str) -> list[str]:
+    """Sorted class subfolder names; refuses classes that are the same or nested folders
+    (by real path: links), or a link back to the dataset folder (a loop)."""
     if not os.path.isdir(root):
         raise DataError(f"dataset folder {root!r} does not exist or is not a folder")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -95,18 +97,60 @@ def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
     if len(classes) == 1:
         raise DataError(f"dataset folder {root!r} has only one class subfolder "
                         f"({classes[0]!r}); a classifier needs at least two")
-    extensions = _image_extensions()
-    files, labels, skipped = [], [], []
+    real_root = os.path.realpath(root)
+    # sorted with a trailing separator, a folder's subfolders follow it: nesting is adjacent
+    reals = sorted((os.path.join(os.path.realpath(os.path.join(root, c)), ""), c)
+                   for c in classes)
+    for real, c in reals:
+        if _is_within(real_root, real.rstrip(os.sep) or os.sep):
+            raise DataError(f"dataset folder {root!r}: class folder {c!r} links back to the "
+                            f"dataset folder or above it ({real.rstrip(os.sep) or os.sep}), a loop")
+    for (outer, a), (inner, b) in zip(reals, reals[1:]):
+        if inner.startswith(outer):
+            raise DataError(f"dataset folder {root!r}: class folders {a!r} and {b!r} are the "
+                            "same folder or one holds the other (through a link); an image "
+                            "has one class")
+    return classes
+
+
+def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(files, labels, class names) of a folder with one subfolder per class. Links are
+    followed once per real path: a folder already walked, one of another class or above
+    the class folder (a loop) is ignored, a file reached twice counts once; both warn."""
+    classes = _class_folders(root)
+    class_reals = [os.path.realpath(os.path.join(root, c)) for c in classes]
+    extensions = image_extensions()
+    files, labels, skipped, ignored, errors = [], [], [], [], []
     for k, name in enumerate(classes):
-        class_dir = os.path.join(root, name)
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        class_dir, own = os.path.join(root, name), class_reals[k]
+        seen_dirs, seen_files, found = {own}, set(), []
+        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=errors.append,
+                                                    followlinks=True):
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in seen_dirs or _is_within(own, real) or any(
+                        _is_within(real, other) for other in class_reals if other != own):
+                    ignored.append(os.path.join(dirpath, d))
+                    continue
+                seen_dirs.add(real)
+                keep.append(d)
+            dirnames[:] = keep
             for f in sorted(filenames):
-                if f.startswith("."):
+                if f.startswith("."):       # .DS_Store, AppleDouble ._x.jpg, editors' files
                     continue
                 path = os.path.join(dirpath, f)
+                real = os.path.realpath(path)
+                if real in seen_files:
+                    ignored.append(path)
+                    continue
+                seen_files.add(real)
                 (found if os.path.splitext(f)[1].lower() in extensions else skipped).append(path)
+        if errors:
+            e = errors[0]
+            raise DataError(f"cannot list {e.filename}: {e.strerror or e}") from None
         if not found:
             raise DataError(f"class folder {class_dir!r} contains no images (files Pillow "
                             "reads: .png, .jpg, .bmp, .gif, .tif, .webp, ...)")
@@ -115,35 +159,39 @@ def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} file(s) that are not images, e.g. "
                       f"{skipped[0]}", stacklevel=3)
+    if ignored:
+        warnings.warn(f"{root}: ignored {len(ignored)} link(s) to a folder or file already "
+                      f"included, to another class or back up the tree (a loop), e.g. "
+                      f"{ignored[0]}", stacklevel=3)
     return files, np.asarray(labels, np.int64), classes
 
 
-def _read_image_file(path: str, image_shape) -> np.ndarray:
-    from PIL import Image
-
-    height, width, channels = image_shape
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
-        raise DataError(f"image folders give 1 (grayscale) or 3 (RGB) channels; the model "
-                        f"wants {channels}")
-    try:
-        with Image.open(path) as im:
-            im.draft(mode, (width, height))   # JPEG: decode at a reduced scale, never below
-            image = np.asarray(im.convert(mode))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    if image.ndim == 2:
-        image = image[..., None]
-    return fit_image(image, image_shape, what=path)
-
-
 def _folder(root: str, image_shape) -> Part:
+    """Every image of the folder, read and fitted; any unreadable image file is an error
+    that names it (never silently skipped): a dataset must not shrink unnoticed."""
+    if image_shape[2] not in (1, 3):
+        raise DataError(f"image folders give 1 (grayscale) or 3 (RGB) channels; the model "
+                        f"wants {image_shape[2]}")
     files, labels, classes = _list_folder(root)
+    check_memory((len(files), *image_shape), np.uint8, f"dataset folder {root!r}")
     images = np.empty((len(files), *image_shape), np.uint8)
+    failed: list[tuple[int, str]] = []
+
+    def read(i: int) -> None:
+        try:
+            pixels = read_image(files[i], image_shape[2], draft=image_shape[1::-1])
+            images[i] = fit_image(pixels, image_shape, what=files[i])
+        except (ImageError, OSError) as e:
+            failed.append((i, str(e)))
+
     workers = max(1, min(8, os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:   # Pillow releases the GIL
-        for i, image in enumerate(pool.map(lambda p: _read_image_file(p, image_shape), files)):
-            images[i] = image
+        list(pool.map(read, range(len(files))))
+    if failed:
+        failed.sort()
+        more = f"; and {len(failed) - 1} more, e.g. {failed[1][1]}" if len(failed) > 1 else ""
+        raise ImageFileError(f"{len(failed)} of {len(files)} image files in {root} cannot be "
+                             f"read; fix or remove them: {failed[0][1]}{more}")
     return Part(images, labels, classes, "all")
 
 
@@ -167,6 +215,9 @@ def _resolve(spec) -> tuple[str, object]:
     if spec.split("/")[0].split(":")[0] in TFDS_DATASETS:   # "mnist", "emnist/letters", ...
         return "tfds", spec
     if os.sep in spec or "/" in spec or spec.startswith((".", "~")):
+        if os.path.exists(path):
+            raise DataError(f"dataset folder {spec!r} is a file, not a folder of class "
+                            "subfolders")
         raise DataError(f"dataset folder {spec!r} does not exist")
     raise DataError(f"unknown dataset {spec!r}; choose from: {', '.join(DATASET_CHOICES)}, "
                     f"'tfds:NAME' for any other TFDS image classification dataset, or a "
@@ -180,7 +231,7 @@ def _read_source(kind: str, arg, image_shape, data_dir, *, role: str
     if kind == "digits":
         return _digits(image_shape), None, "none"
     if kind == "arrays":
-        part = _arrays(arg, image_shape)
+        part = _arrays(arg, image_shape, role)
         return part, None, "crop_flip" if part.images.shape[-1] == 3 else "none"
     if kind == "folder":
         return _folder(arg, image_shape), None, "crop_flip"
@@ -226,11 +277,15 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     name = _dataset_name(kind, arg)
     train, natural, default_augment = _read_source(kind, arg, image_shape, data_dir,
                                                    role="train")
-    if len(set(train.labels.tolist())) < 2 and kind != "folder":
-        raise DataError(f"dataset {name!r} has only one class; a classifier needs at least two")
+    if len(np.unique(train.labels)) < 2 and kind != "folder":
+        raise DataError(f"dataset {name!r} has only one class (every label is "
+                        f"{int(train.labels[0])}); a classifier needs at least two")
 
     if val_dataset is not None:
         vkind, varg = _resolve(val_dataset)
+        if kind == vkind == "folder" and os.path.realpath(arg) == os.path.realpath(varg):
+            warnings.warn(f"val_dataset {varg!r} is the training folder itself: evaluation "
+                          "measures accuracy on training images", stacklevel=2)
         val, _, _ = _read_source(vkind, varg, image_shape, data_dir, role="val")
         val = _align_classes(val, train.class_names, _dataset_name(vkind, varg), name)
         val.split = f"val_dataset:{_dataset_name(vkind, varg)}"
@@ -241,6 +296,7 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
         val = Part(train.images[val_idx], train.labels[val_idx], train.class_names, split)
         train = Part(train.images[train_idx], train.labels[train_idx], train.class_names,
                       "train")
+        _warn_val_gaps(train.labels, val.labels, train.class_names, fraction)
     else:
         val = natural.read(natural.eval_split(), image_shape)
     train.split = "train"
@@ -256,13 +312,28 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     return make(train), make(val)
 
 
+def _warn_val_gaps(train_labels, val_labels, class_names, fraction: float) -> None:
+    """One warning when a class with training examples has none in the split-off part."""
+    missing = np.setdiff1d(np.unique(train_labels), np.unique(val_labels))
+    if len(missing):
+        warnings.warn(f"val_fraction={fraction} leaves {len(missing)} of {len(class_names)} "
+                      f"classes without a validation example (e.g. {class_names[missing[0]]!r}): "
+                      "their accuracy is not measured; use a larger val_fraction or "
+                      "val_dataset", stacklevel=3)
+
+
 def _align_classes(val: Part, class_names: list[str], val_name: str, name: str) -> Part:
-    """Relabel ``val`` to ``class_names`` (matched by name); the class sets must agree."""
-    if set(val.class_names) != set(class_names):
+    """Relabel ``val`` to ``class_names`` (matched by name). A class of ``val`` the
+    training data lacks is an error; a training class that ``val`` lacks warns."""
+    used = [val.class_names[k] for k in np.unique(val.labels)]
+    extra = sorted(set(used) - set(class_names))
+    if extra:
         missing = sorted(set(class_names) - set(val.class_names))
-        extra = sorted(set(val.class_names) - set(class_names))
         raise DataError(f"validation data {val_name!r} has other classes than {name!r}: "
                         f"missing {missing}, extra {extra}")
     index = {c: k for k, c in enumerate(class_names)}
-    remap = np.array([index[c] for c in val.class_names], np.int64)
-    return Part(val.images, remap[val.labels], list(class_names), val.split)
+    remap = np.array([index.get(c, -1) for c in val.class_names], np.int64)   # -1: unused
+    labels = remap[val.labels]
+    warn_empty_classes(labels, class_names, f"validation data {val_name!r}",
+                       "their accuracy is not measured")
+    return Part(val.images, labels, list(class_names), val.split)

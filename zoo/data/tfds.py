@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ..images import as_image_array, fit_image, fit_images
-from .dataset import DataError, Part
+from .dataset import DataError, Part, check_memory
 
 #: TFDS image classification datasets known by name (others: ``"tfds:NAME"``), with the
 #: augmentation that suits them. Glyphs (digits, letters, characters) must not be flipped.
@@ -150,6 +150,9 @@ class TFDSSource:
         if self.splits and split not in self.splits:
             raise DataError(f"TFDS dataset {self.name!r} has no {split!r} split "
                             f"(splits: {', '.join(self.splits)})")
+        if split in self.splits:    # sized before reading: the images are held in memory
+            check_memory((self.builder.info.splits[split].num_examples, *image_shape), np.uint8,
+                         f"TFDS dataset {self.name!r} split {split!r}")
         ds = self.builder.as_dataset(split=split, shuffle_files=False)
         ds = ds.map(lambda ex: (ex[self.image_key], ex[self.label_key]))
         fixed = all(s is not None for s in self.image_feature.shape)
@@ -158,6 +161,8 @@ class TFDSSource:
         what = f"{self.name}[{split}]"
         xs, ys = [], []
         for x, y in self.tfds.as_numpy(ds):
+            if x.dtype == np.uint16:   # a 16-bit Image feature: scaled, never clipped
+                x = (x / 65535.0).astype(np.float32)
             if fixed:
                 xs.append(fit_images(as_image_array(x, what), image_shape, what=what))
             else:
