@@ -1,13 +1,26 @@
-"""Saving and restoring: the zoo's weight format and training checkpoints, written atomically.
+"""Saving and restoring: the zoo's weight format and training checkpoints, written atomically
+and sealed with a content hash.
 
 **Format.** One safetensors file. Tensors are named by their flattened ``/`` path in the
 variables pytree: ``params/conv1/kernel``, ``state/bn1/mean``; a training checkpoint adds
 ``opt_state/...``, ``rng`` and ``step``. The header's string metadata holds
-``format`` (``zoo-weights/1`` or ``zoo-train/1``) and ``zoo``: a JSON object with the model
+``format`` (``zoo-weights/1`` or ``zoo-train/1``), ``zoo``: a JSON object with the model
 name, its config, ``num_classes``, ``input_shape``, ``mean``/``std``, the zoo version and,
-for training checkpoints, the epoch, the metrics so far and the run's settings.
-A training checkpoint is therefore also a weights file: :func:`load_weights` reads the
-``params``/``state`` groups of either.
+for training checkpoints, the epoch, the metrics so far and the run's settings, and
+``zoo-sha256``, the content hash. A training checkpoint is therefore also a weights file:
+:func:`load_weights` reads the ``params``/``state`` groups of either.
+
+**Integrity.** ``zoo-sha256`` is the SHA-256 of the whole file as written, with the 64 hex
+digits of the hash itself read as ``0`` (:mod:`zoo.integrity`): it covers the tensors'
+bytes, names, dtypes, shapes and the metadata. Every load (:func:`load_flat`,
+:func:`load_weights`, :meth:`CheckpointManager.restore`, ``zoo.weights.load``) checks it
+and fails with "corrupt: content hash mismatch" naming the file. Files written before the
+hash existed have no ``zoo-sha256`` and load unchecked. The header is checked before any
+tensor is read, so a missing, empty, truncated, text or garbage file is a
+``FileNotFoundError``/``IsADirectoryError``/``ValueError`` naming the path and the fault.
+Weights holding NaN or inf are refused (``allow_nonfinite=True`` loads them anyway).
+``--resume`` falls back to the newest checkpoint that verifies
+(:meth:`CheckpointManager.restore_latest_valid`).
 
 **Atomicity.** Every write goes to a temporary file in the target's directory, is flushed
 and fsync'ed, then renamed over the target with :func:`os.replace` (atomic on POSIX and
@@ -22,16 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
-import safetensors
-import safetensors.numpy
 
+from .integrity import (HASH_KEY, Header, check_file, check_finite, read_header,  # noqa: F401
+                        read_safetensors, seal, verify)
 from .paths import flatten, load_into, unflatten
 
 WEIGHTS_FORMAT = "zoo-weights/1"
@@ -94,9 +108,12 @@ def atomic_output(path: str | os.PathLike):
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as f:
-        view = memoryview(data)
-        for start in range(0, len(view), 1 << 24):
-            f.write(view[start:start + (1 << 24)])
+        _write_view(f, memoryview(data))
+
+
+def _write_view(f, view: memoryview) -> None:
+    for start in range(0, len(view), 1 << 24):
+        f.write(view[start:start + (1 << 24)])
 
 
 def _fsync_dir(directory: str) -> None:
@@ -114,21 +131,39 @@ def _fsync_dir(directory: str) -> None:
 
 def save_flat(path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
               *, fmt: str = WEIGHTS_FORMAT) -> str:
-    """Atomically write ``path -> array`` and JSON ``metadata`` as one safetensors file."""
+    """Atomically write ``path -> array`` and JSON ``metadata`` as one safetensors file,
+    sealed with its content hash."""
     arrays = {k: _to_numpy(v) for k, v in tensors.items()}
     header = {"format": fmt, "zoo": json.dumps(jsonable(dict(metadata or {})), sort_keys=True)}
-    atomic_write_bytes(path, safetensors.numpy.save(arrays, metadata=header))
+    write_sealed(path, arrays, header)
     return os.fspath(path)
+
+
+def write_sealed(path, arrays: Mapping[str, np.ndarray], header: Mapping[str, str]) -> None:
+    """Atomically write ``arrays`` with the string metadata ``header`` and the content hash
+    (:func:`zoo.integrity.seal`)."""
+    with atomic_output(path) as f:
+        for part in seal(arrays, header):
+            _write_view(f, memoryview(part))
+
+
+def _zoo_metadata(path: str, header: Header) -> dict:
+    try:
+        meta = json.loads(header.metadata.get("zoo", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt: its zoo metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt: its zoo metadata is a {type(meta).__name__}, "
+                         f"not a JSON object")
+    meta["format"] = header.metadata.get("format", "unknown")
+    return meta
 
 
 def read_metadata(path) -> dict:
     """The JSON metadata of a zoo safetensors file, without reading its tensors (plus
-    ``"format"``)."""
-    with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
-        header = f.metadata() or {}
-    meta = json.loads(header.get("zoo", "{}"))
-    meta["format"] = header.get("format", "unknown")
-    return meta
+    ``"format"``). A file that is not safetensors raises ``ValueError`` naming it."""
+    path = os.fspath(path)
+    return _zoo_metadata(path, read_header(path, "weights file"))
 
 
 def is_zoo_file(path) -> bool:
@@ -142,12 +177,22 @@ def is_zoo_file(path) -> bool:
         return False
 
 
-def load_flat(path) -> tuple[dict[str, np.ndarray], dict]:
-    """``(path -> numpy array, metadata)`` of a zoo safetensors file."""
+def load_flat(path, *, allow_nonfinite: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """``(path -> numpy array, metadata)`` of a zoo safetensors file, its content hash and
+    header checked, its ``params``/``state`` finite unless ``allow_nonfinite``. A file that
+    is not the zoo's (e.g. a torchvision state dict) raises ``ValueError``."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return safetensors.numpy.load_file(path), read_metadata(path)
+    header = read_header(path, "zoo weights file or checkpoint")
+    meta = _zoo_metadata(path, header)
+    if not meta["format"].startswith("zoo-"):
+        raise ValueError(
+            f"{path} is not a zoo weights file or checkpoint (its format is {meta['format']!r}): "
+            f"a torchvision state dict loads with zoo.weights.load(path, model=NAME) or "
+            f"zoo.weights.load_torchvision(NAME, path)")
+    flat, _ = read_safetensors(path, "zoo weights file or checkpoint")
+    if not allow_nonfinite:
+        check_finite(flat, path, ("params/", "state/"))
+    return flat, meta
 
 
 def save_weights(variables: Mapping[str, Any], path, metadata: Mapping[str, Any] | None = None) -> str:
@@ -160,10 +205,12 @@ def save_weights(variables: Mapping[str, Any], path, metadata: Mapping[str, Any]
     return save_flat(path, flatten(dict(variables)), meta, fmt=WEIGHTS_FORMAT)
 
 
-def load_weights(path, groups=("params", "state")) -> tuple[dict, dict]:
+def load_weights(path, groups=("params", "state"), *,
+                 allow_nonfinite: bool = False) -> tuple[dict, dict]:
     """``(variables, metadata)`` from a zoo weights file or training checkpoint: the
-    ``params`` and ``state`` groups as nested dicts of numpy arrays (always both keys)."""
-    flat, meta = load_flat(path)
+    ``params`` and ``state`` groups as nested dicts of numpy arrays (always both keys).
+    Checked as :func:`load_flat` checks."""
+    flat, meta = load_flat(path, allow_nonfinite=allow_nonfinite)
     variables = {g: {} for g in groups}
     tree = unflatten({k: v for k, v in flat.items() if k.split("/", 1)[0] in groups})
     variables.update(tree)
@@ -180,7 +227,10 @@ class CheckpointManager:
     """Training checkpoints in ``directory``: ``ckpt-<step>.safetensors``, each holding a
     whole train state (params, BN state, optimizer state, step, rng) plus the epoch and the
     metrics so far. Keeps the newest ``keep`` and the best by ``metadata[best_key]``
-    (highest wins; ties keep the earlier one). Only process 0 writes in multi-host runs."""
+    (highest wins; ties keep the earlier one). Only process 0 writes in multi-host runs.
+    Listing, :meth:`best` and :meth:`prune` read headers only, never tensors: a checkpoint
+    whose header cannot be read is never the best, and is removed once older than the kept
+    ones. :meth:`restore_latest_valid` resumes from the newest checkpoint that verifies."""
 
     def __init__(self, directory, keep: int = 2, best_key: str = "eval_accuracy"):
         if keep < 1:
@@ -206,8 +256,12 @@ class CheckpointManager:
     def best(self) -> str | None:
         best, best_value = None, None
         for step in self.steps():
-            value = read_metadata(self.path(step)).get(self.best_key)
-            if value is not None and (best_value is None or value > best_value):
+            try:
+                value = read_metadata(self.path(step)).get(self.best_key)
+            except (ValueError, OSError):
+                continue  # unreadable: never the best
+            if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and (best_value is None or value > best_value)):
                 best, best_value = self.path(step), value
         return best
 
@@ -233,7 +287,10 @@ class CheckpointManager:
         for step in steps[:-self.keep]:
             p = self.path(step)
             if p != best:
-                os.unlink(p)
+                try:
+                    os.unlink(p)
+                except OSError:  # gone already, or a directory of that name: left alone
+                    pass
 
     def clean_temporaries(self) -> None:
         if os.path.isdir(self.directory):
@@ -245,10 +302,46 @@ class CheckpointManager:
                         pass
 
     # -- reading
-    def restore(self, template: Mapping[str, Any], path: str | None = None) -> tuple[dict, dict]:
-        """``(tree in template's structure, metadata)`` of ``path`` (default: the latest)."""
+    def restore(self, template: Mapping[str, Any], path: str | None = None, *,
+                allow_nonfinite: bool = False) -> tuple[dict, dict]:
+        """``(tree in template's structure, metadata)`` of ``path`` (default: the latest),
+        checked as :func:`load_flat` checks."""
         path = path or self.latest()
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        flat, meta = load_flat(path)
+        flat, meta = load_flat(path, allow_nonfinite=allow_nonfinite)
         return load_into(dict(template), flat, what=f"checkpoint {path}"), meta
+
+    def restore_latest_valid(self, template: Mapping[str, Any],
+                             log: Callable[[str], None] | None = None,
+                             check: Callable[[dict], None] | None = None):
+        """``(tree, metadata, path, skipped)`` of the newest checkpoint that restores into
+        ``template``: one that is unreadable, truncated, corrupt (content hash), non-finite,
+        of another structure, or whose metadata ``check`` rejects (``ValueError``) is
+        skipped, with one line to ``log`` saying which and why. ``skipped`` lists
+        ``(path, reason)``. None restores: ``ValueError`` listing each file and its fault;
+        no checkpoint at all: ``FileNotFoundError``."""
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        skipped = []
+        for step in reversed(steps):
+            path = self.path(step)
+            try:
+                tree, meta = self.restore(template, path)
+                if check is not None:
+                    check(meta)
+            except (ValueError, OSError) as e:
+                reason = str(e).removeprefix(f"{path}: ").removeprefix(path + " ")
+                skipped.append((path, reason))
+                if log is not None:
+                    log(f"skipped checkpoint {path}: {reason.splitlines()[0]}")
+                continue
+            return tree, meta, path, skipped
+        lines = []
+        for path, reason in skipped:
+            rows = reason.splitlines()
+            lines.append(f"  {os.path.basename(path)}: " + "\n    ".join(rows[:6])
+                         + (f"\n    ... ({len(rows) - 6} more lines)" if len(rows) > 6 else ""))
+        raise ValueError(f"none of the {len(skipped)} checkpoints in {self.directory} can be "
+                         f"restored:\n" + "\n".join(lines))

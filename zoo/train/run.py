@@ -222,11 +222,12 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         "settings": cfg.to_json()}
     history, start_epoch = [], 0
     if cfg.resume:
-        latest = manager.latest()
-        if latest is None:
-            raise ConfigError(f"--resume {run_dir}: no checkpoint in {manager.directory}")
         template = _state_dict(trainer.state_template(variables))
-        restored, meta = manager.restore(template, latest)
+        try:  # the newest checkpoint that verifies; each one skipped is logged with why
+            restored, meta, latest, _ = manager.restore_latest_valid(
+                template, log=log, check=_check_resumable)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"--resume {run_dir}: {e}") from None
         ts = trainer.place_state(TrainState(**restored))
         history, start_epoch = list(meta.get("metrics", [])), int(meta["epoch"])
         log(f"resumed {latest}: epoch {start_epoch}, step {int(restored['step'])}")
@@ -261,6 +262,15 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         raise
     return finalize(run_dir, cfg, history, manager, eval_all, t_start,
                     num_params=num_params, completed=len(history) >= cfg.epochs)
+
+
+def _check_resumable(meta: dict) -> None:
+    """A checkpoint to resume from names the epoch it ended and the metrics so far."""
+    epoch, metrics = meta.get("epoch"), meta.get("metrics", [])
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"its metadata has no valid epoch (got {epoch!r})")
+    if not isinstance(metrics, list):
+        raise ValueError(f"its metadata's metrics are a {type(metrics).__name__}, not a list")
 
 
 def _state_dict(ts: TrainState) -> dict:

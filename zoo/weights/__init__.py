@@ -21,6 +21,14 @@ the model's parameter tree and its family's registered rules (:func:`torchvision
 source key must be used exactly once and every leaf filled with the right shape, else a
 ``ValueError`` lists the missing, unexpected and mis-shaped keys.
 
+**Checks.** Every file is checked before a model is built from it: a missing path, a
+directory, an empty, text, garbage or truncated file, a damaged ``.pth`` (torch's advice to
+load with ``weights_only=False`` is never repeated) and a zoo file whose content hash does
+not match (:mod:`zoo.integrity`) each raise an error naming the file and the fault; a zoo
+file's metadata must name a registered model with a sane class count and input shape
+(:func:`check_metadata`); weights holding NaN or inf are refused unless
+``allow_nonfinite=True``.
+
 **Downloads** (:func:`fetch`) go to ``$ZOO_CACHE`` (default ``~/.cache/zoo``) and are
 checked against the SHA-256 prefix in torchvision's file name. With ``ZOO_OFFLINE=1`` (or
 when the server cannot be reached within seconds) a missing file fails at once with an
@@ -29,12 +37,13 @@ error naming the URL and the exact path to put the file at.
 from ..images import Transforms
 from ..registry import WeightSpec
 from .hub import WeightsNotFoundError, cache_dir, fetch, sha256_file
-from .load import classify, load, load_for_finetuning, package_run
+from .load import check_metadata, classify, load, load_for_finetuning, package_run
 from .specs import get_weights, imagenet_classes, list_weights
 from .torchvision import (convert_state_dict, load_torchvision, read_state_dict,
                           to_torchvision_state_dict, torchvision_key_map, torchvision_rules)
 
-__all__ = ["Transforms", "WeightSpec", "WeightsNotFoundError", "cache_dir", "classify",
+__all__ = ["Transforms", "WeightSpec", "WeightsNotFoundError", "cache_dir", "check_metadata",
+           "classify",
            "convert_state_dict",
            "fetch", "get_weights", "imagenet_classes", "list_weights", "load",
            "load_for_finetuning", "load_torchvision", "package_run", "read_state_dict",

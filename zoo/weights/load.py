@@ -15,8 +15,8 @@ from ..images import Transforms
 from ..registry import Model, WeightSpec, create, get_config
 from .hub import fetch
 from .specs import get_weights, imagenet_classes, list_weights
-from .torchvision import (_module_name, _top_level_names, convert_state_dict, read_state_dict,
-                          torchvision_rules)
+from .torchvision import (_is_torch_file, _module_name, _top_level_names, check_torch_file,
+                          convert_state_dict, read_state_dict, torchvision_rules)
 
 
 def _spec_for_file(path: str) -> WeightSpec | None:
@@ -66,8 +66,8 @@ def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
             get_weights(target)  # not a file, so a tag: raises naming the known tags
         raise FileNotFoundError(f"no weights file at {target} (and it is not a known tag: "
                                 f"{', '.join(list_weights())})")
-    if ckpt.is_zoo_file(path):
-        meta = ckpt.read_metadata(path)
+    if _is_zoo(path):
+        meta = check_metadata(path, ckpt.read_metadata(path))
         defaults = get_config(meta["model"])
         input_shape = tuple(meta.get("input_shape") or defaults["input_shape"])
         mean = tuple(meta.get("mean") or defaults["mean"])
@@ -76,7 +76,7 @@ def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
             raise ValueError(f"{target} holds {meta.get('model')} weights, not {name}")
         transforms = Transforms(resize=input_shape[0], crop=input_shape[0], mean=mean, std=std,
                                 fit=True)
-        return _Source(path, "zoo", meta["model"], int(meta.get("num_classes") or 0) or None,
+        return _Source(path, "zoo", meta["model"], meta.get("num_classes"),
                        transforms, meta.get("class_names"), spec, meta, label)
     spec = spec or _spec_for_file(path)
     if spec is not None and name is not None and name != spec.model:
@@ -91,6 +91,64 @@ def _resolve(tag_or_path: str, model=None, *, progress: bool = True) -> _Source:
                    else None, spec, {}, label)
 
 
+def _is_zoo(path: str) -> bool:
+    """Whether ``path`` is a zoo file; a ``.safetensors`` file that cannot be read, or any
+    path that is not a non-empty file, raises naming it (never a wrong guess of the kind)."""
+    if path.endswith(ckpt.SUFFIX):
+        return ckpt.read_metadata(path)["format"].startswith("zoo-")
+    if _is_torch_file(path):
+        check_torch_file(path)
+    else:
+        ckpt.check_file(path, "weights file")
+    return False
+
+
+#: the largest input side or channel count a weights file may declare
+MAX_INPUT_DIM = 1 << 16
+
+
+def _positive_int(value, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit
+
+
+def check_metadata(path: str, meta: dict) -> dict:
+    """``meta`` of the zoo file ``path``, checked before anything is built from it: it names
+    a registered model, and its ``num_classes`` (at most ``registry.MAX_CLASSES``),
+    ``input_shape``, ``mean``/``std`` and ``config`` are sane; else ``ValueError`` naming
+    the file, the key and the value (a huge class count would allocate for minutes)."""
+    name = meta.get("model")
+    if not isinstance(name, str) or not name:
+        got = "no 'model' key" if "model" not in meta else f"model {name!r}"
+        raise ValueError(f"{path}: its metadata names no model ({got}); the zoo writes the model "
+                         f"name in every weights file and checkpoint: was it edited?")
+    try:
+        registry.spec(name)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    config = meta.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"{path}: its metadata's config is a {type(config).__name__}, not an object")
+    for key, value in (("num_classes", meta.get("num_classes")),
+                       ("config.num_classes", (config or {}).get("num_classes"))):
+        if value is not None and not _positive_int(value, registry.MAX_CLASSES):
+            raise ValueError(f"{path}: its metadata has {key} {value!r}; expected an integer "
+                             f"from 1 to {registry.MAX_CLASSES:,}: the file is corrupt or edited")
+    shape = meta.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(_positive_int(v, MAX_INPUT_DIM) for v in shape)):
+        raise ValueError(f"{path}: its metadata has input_shape {shape!r}; expected [height, "
+                         f"width, channels], each an integer from 1 to {MAX_INPUT_DIM}")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is not None and not (
+                isinstance(value, list) and value and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                    and (key == "mean" or v > 0) for v in value)):
+            raise ValueError(f"{path}: its metadata has {key} {value!r}; expected a list of "
+                             f"finite numbers{'' if key == 'mean' else ' above 0'}")
+    return meta
+
+
 def _torchvision_classes(model_name: str, state_dict) -> int | None:
     """The class count of a torchvision state dict: its classifier's output rows."""
     probe = create(model_name)
@@ -100,17 +158,23 @@ def _torchvision_classes(model_name: str, state_dict) -> int | None:
 
 
 def _load_source(source: _Source, model: Model | None = None, input_shape=None,
-                 config: Mapping | None = None) -> tuple[Model, dict]:
+                 config: Mapping | None = None, *,
+                 allow_nonfinite: bool = False) -> tuple[Model, dict]:
     """``(model, NumPy variables)``. Without ``model`` it is built with the source's own class
     count (and ``config``, e.g. ``aux_logits``, for torchvision files; zoo files say theirs)."""
     if source.kind == "zoo":
-        variables, meta = ckpt.load_weights(source.path)
+        variables, meta = ckpt.load_weights(source.path, allow_nonfinite=allow_nonfinite)
+        check_metadata(source.path, meta)
         if model is None:
-            model = registry.from_metadata(meta)
+            try:
+                model = registry.from_metadata(meta)
+            except ValueError as e:
+                raise ValueError(f"{source.path}: cannot rebuild the model its metadata "
+                                 f"describes: {e}") from None
         shape = input_shape or (1, *meta.get("input_shape", model.input_shape))
         abstract, _ = model.abstract_init(tuple(shape))
         return model, paths.load_into(abstract, variables, what=f"weights {source.path}")
-    state_dict = read_state_dict(source.path)
+    state_dict = read_state_dict(source.path, allow_nonfinite=allow_nonfinite)
     if model is None:
         classes = _torchvision_classes(source.model, state_dict) or source.num_classes
         model = create(source.model, **dict(config or {}, **({"num_classes": classes} if classes else {})))
@@ -120,17 +184,22 @@ def _load_source(source: _Source, model: Model | None = None, input_shape=None,
 
 
 def load(tag_or_path: str, model: str | Model | None = None, *, input_shape=None,
-         with_info: bool = False, progress: bool = True):
+         with_info: bool = False, progress: bool = True, allow_nonfinite: bool = False):
     """``(model, variables)`` ready to apply, from a weight tag (``"lenet5.digits"`` works
     offline; ``"resnet50.tv_in1k"`` once its file is cached or downloadable), a zoo weights
     file, or a torchvision state dict (``model`` names the architecture when the file name
     does not; a built :class:`Model` is used as is). ``with_info=True`` adds a third item:
-    ``{"transforms", "class_names", "source", "path", "tag", "metadata"}``."""
+    ``{"transforms", "class_names", "source", "path", "tag", "metadata"}``.
+
+    Every file is checked before a model is built: a zoo file's content hash and metadata
+    (:func:`check_metadata`), the header of any ``.safetensors``; a missing, empty,
+    truncated, corrupt or text file raises naming it, and weights holding NaN or inf raise
+    listing them unless ``allow_nonfinite``."""
     import jax
 
     source = _resolve(tag_or_path, model, progress=progress)
     built, variables = _load_source(source, model if isinstance(model, Model) else None,
-                                    input_shape)
+                                    input_shape, allow_nonfinite=allow_nonfinite)
     variables = jax.device_put(variables)
     if not with_info:
         return built, variables

@@ -24,18 +24,25 @@ def _is_torch_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in (".pth", ".pt", ".bin", ".ckpt")
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, *, allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """A torchvision state dict as ``key -> numpy array``: ``.safetensors`` with NumPy alone,
-    ``.pth``/``.pt`` with ``torch.load(weights_only=True)`` (torch needed)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no weights file at {path}")
+    ``.pth``/``.pt`` with ``torch.load(weights_only=True)`` (torch needed). A file that is
+    missing, empty, truncated, corrupt or of another kind raises naming it; so do tensors
+    holding NaN or inf unless ``allow_nonfinite``."""
+    path = ckpt.check_file(path, "weights file")
     if path.endswith(".safetensors"):
-        import safetensors.numpy
-
-        return dict(safetensors.numpy.load_file(path))
-    if not _is_torch_file(path):
+        out, _ = ckpt.read_safetensors(path, "weights file")
+    elif not _is_torch_file(path):
         raise ValueError(f"{path}: unknown weights format; expected .safetensors or .pth/.pt")
+    else:
+        out = _read_torch(path)
+    if not allow_nonfinite:
+        ckpt.check_finite(out, path)
+    return out
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    check_torch_file(path)
     try:
         import torch
     except ImportError:
@@ -43,9 +50,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                           f"it to .safetensors, which NumPy reads alone") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as e:
-        raise ValueError(f"{path}: torch.load(weights_only=True) refused it (it holds more than "
-                         f"tensors, and arbitrary objects are never unpickled): {e}") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for one bad file
+        raise ValueError(_torch_refusal(path, e)) from None
     if isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
         for key in ("state_dict", "model"):  # common training-checkpoint wrappers
             if isinstance(obj.get(key), Mapping):
@@ -58,6 +64,44 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         v = v.detach().cpu()
         out[k] = (v.float() if v.is_floating_point() else v).numpy()
     return out
+
+
+def _not_torch(path: str) -> str | None:
+    """Why ``path`` cannot be a PyTorch file (one is a zip archive or a pickle), from its
+    first bytes; None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if all(32 <= b < 127 or b in b"\t\n\r" for b in head):
+        return f"{path} is a text file (it starts with {head.decode()!r}), not PyTorch weights"
+    return (f"{path} is not a PyTorch weights file: neither a zip archive nor a pickle (it "
+            f"starts with {head!r})")
+
+
+def check_torch_file(path: str) -> None:
+    """Raise ``ValueError`` when ``path`` (a ``.pth``/``.pt``, ...) cannot be a PyTorch file,
+    without torch and without reading it: a text file, garbage."""
+    why = _not_torch(ckpt.check_file(path, "weights file"))
+    if why:
+        raise ValueError(why)
+
+
+def _torch_refusal(path: str, error: Exception) -> str:
+    """What is wrong with a PyTorch file ``torch.load(weights_only=True)`` refused: a damaged
+    one, or one holding objects other than tensors. torch's advice to load it with
+    ``weights_only=False`` (arbitrary code execution) is never passed on."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    said = [line for line in lines if line and not re.search(
+        r"weights.?only|likely succeed|arbitrary code|trusted source|file an issue|documentation",
+        line, re.IGNORECASE)]
+    reason = (said[0] if said else type(error).__name__).split(". ")[0].rstrip(".")
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"{path}: refused by torch.load(weights_only=True), which never unpickles "
+                f"arbitrary objects: {reason}. It is damaged, or holds objects other than "
+                f"tensors: save the state dict alone (torch.save(model.state_dict(), path)) or "
+                f"as .safetensors")
+    return f"{path}: a damaged or truncated PyTorch file ({type(error).__name__}: {reason})"
 
 
 # ----------------------------------------------------------------------------------------
@@ -253,7 +297,8 @@ def convert_state_dict(model: Model, state_dict: Mapping[str, np.ndarray], *, in
     return paths.load_into(m.template, flat, what=what)
 
 
-def load_torchvision(name: str | Model, path: str, *, input_shape=None, **config) -> dict:
+def load_torchvision(name: str | Model, path: str, *, input_shape=None,
+                     allow_nonfinite: bool = False, **config) -> dict:
     """``{"params", "state"}`` for ``zoo.create(name, **config)`` from a torchvision state
     dict file (``.pth`` needs torch, ``.safetensors`` NumPy only). ``name`` may also be a
     built :class:`Model` (e.g. ``googlenet`` with ``aux_logits=True``). Leaves are JAX
@@ -265,6 +310,7 @@ def load_torchvision(name: str | Model, path: str, *, input_shape=None, **config
     if path.endswith(".safetensors") and ckpt.is_zoo_file(path):
         raise ValueError(f"{path} is a zoo weights file, not a torchvision state dict: use "
                          f"zoo.weights.load({path!r}) or zoo.checkpoint.load_weights")
-    variables = convert_state_dict(model, read_state_dict(path), input_shape=input_shape,
+    state_dict = read_state_dict(path, allow_nonfinite=allow_nonfinite)
+    variables = convert_state_dict(model, state_dict, input_shape=input_shape,
                                    what=f"torchvision weights {os.path.basename(path)}")
     return jax.device_put(variables)
