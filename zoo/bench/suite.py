@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import time
@@ -58,21 +59,99 @@ class Options:
     peak_size: int | None = None
     json: str | None = None
 
+    def validate(self) -> "Options":
+        """Check every option (counts, finite numbers, model names, targets) and the options
+        that contradict each other, before anything is measured: a ``ValueError`` naming
+        the flag."""
+        for name, low in (("reps", 1), ("torch_threads", 1), ("fully_conv_size", 1),
+                          ("compile_rounds", 1), ("scan_steps", 0), ("peak_size", 1)):
+            value = getattr(self, name)
+            if value is None and name == "peak_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.min_rep_s, bool) or not isinstance(self.min_rep_s, (int, float)) \
+                or not math.isfinite(self.min_rep_s) or self.min_rep_s < 0:
+            raise ValueError(f"--min-rep-s must be a finite number >= 0, got {self.min_rep_s!r}")
+        for name, choices in (("modes", ("infer", "train")), ("dtypes", ("float32", "bfloat16"))):
+            bad = [v for v in getattr(self, name) if v not in choices]
+            if bad or not getattr(self, name):
+                raise ValueError(f"{_flag(name)}: {bad or 'none given'}; choose from "
+                                 f"{', '.join(choices)}")
+        if self.conv_impl not in ("auto", "xla", "im2col"):
+            raise ValueError(f"--conv-impl {self.conv_impl!r}: choose from auto, xla, im2col")
+        for name in ("image_sizes", "batch_sizes"):
+            bad = [v for v in getattr(self, name)
+                   if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            if bad or not getattr(self, name):
+                raise ValueError(f"{_flag(name)} must be integers >= 1, got {getattr(self, name)!r}")
+        for name in ("models", "compile_report"):
+            for model in getattr(self, name) or ():
+                _check_model(model, _flag(name))
+        self._contradictions()
+        for spec in () if self.models else (DEFAULT_TARGETS if self.targets is None
+                                            else self.targets):
+            _check_model(parse_target(spec, "float32")["model"], f"--targets {spec!r}")
+        return self
+
+    def _contradictions(self) -> None:
+        default = Options()
+        if self.models and self.targets is not None:
+            raise ValueError("--models replaces --targets (a cross product of models x modes x "
+                             "sizes x batches): give one of them")
+        shaping = [_flag(n) for n in ("modes", "image_sizes", "batch_sizes")
+                   if getattr(self, n) != getattr(default, n)]
+        if shaping and not self.models:
+            raise ValueError(f"{', '.join(shaping)} shape the --models cross product and apply "
+                             f"only with --models (a --targets entry names its own)")
+        for name, needs, switch in (("compile_rounds", "compile_report", "--compile-report"),
+                                    ("scan_steps", "compile_report", "--compile-report"),
+                                    ("fully_conv_size", "fully_conv", "--fully-conv"),
+                                    ("torch_threads", "compare_torch", "--compare-torch")):
+            if getattr(self, name) != getattr(default, name) and not getattr(self, needs):
+                raise ValueError(f"{_flag(name)} applies only with {switch}")
+        if self.peak_size is not None and self.no_peak:
+            raise ValueError("--peak-size contradicts --no-peak: give one of them")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_model(name, what: str) -> None:
+    try:
+        registry.get_config(name)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
 
 def parse_target(spec: str, dtype: str) -> dict:
-    parts = spec.split(":")
+    form = "MODEL:MODE:SIZE:BATCH[:classes=N][:opt=sgd|adam]"
+    parts = spec.split(":") if isinstance(spec, str) else []
     if len(parts) < 4:
-        raise ValueError(f"bad target {spec!r}: expected MODEL:MODE:SIZE:BATCH[:classes=N][:opt=sgd|adam]")
-    t = dict(model=parts[0], mode=parts[1], size=int(parts[2]), batch=int(parts[3]), dtype=dtype,
-             classes=None, opt="sgd")
+        raise ValueError(f"bad target {spec!r}: expected {form}")
+
+    def count(field, text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < 1:
+            raise ValueError(f"bad target {spec!r}: {field} must be an integer >= 1, got "
+                             f"{text!r} ({form})")
+        return value
+
+    t = dict(model=parts[0], mode=parts[1], size=count("SIZE", parts[2]),
+             batch=count("BATCH", parts[3]), dtype=dtype, classes=None, opt="sgd")
     for extra in parts[4:]:
         k, _, v = extra.partition("=")
         if k == "classes":
-            t["classes"] = int(v)
-        elif k == "opt":
+            t["classes"] = count("classes", v)
+        elif k == "opt" and v in ("sgd", "adam"):
             t["opt"] = v
         else:
-            raise ValueError(f"bad target option {extra!r} in {spec!r}")
+            raise ValueError(f"bad target option {extra!r} in {spec!r}: classes=N or "
+                             f"opt=sgd|adam")
     if t["mode"] not in ("infer", "train"):
         raise ValueError(f"bad mode in {spec!r}: 'infer' or 'train'")
     return t
@@ -170,9 +249,7 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
     """Every figure the options ask for, in one process: the matmul peak, each target's
     runners interleaved, the fully-convolutional comparison, the compile report. With
     ``args.json`` the results are written after each part (a killed run keeps them)."""
-    args = args or Options()
-    if args.reps < 1:
-        raise ValueError(f"reps must be >= 1, got {args.reps}")
+    args = (args or Options()).validate()
     started = time.time()
     results = dict(machine=machine(), args=dataclasses.asdict(args), peaks={}, targets=[])
     targets = targets_from(args)

@@ -2,11 +2,14 @@
 
 Each command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; the work is
 the library's. Errors meant for the user print one line and exit 2 (1 when training
-diverged, 130 on Ctrl-C); nothing else reaches the terminal as a traceback.
+diverged, 130 on Ctrl-C); nothing else reaches the terminal as a traceback. An unexpected
+exception (a bug) prints ``error: internal error: TYPE: message`` and exits 3; with
+``ZOO_DEBUG=1`` every error propagates with its traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import benchmark, docs, evaluate, models, predict, train, visualize
@@ -39,19 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run ``zoo`` with ``argv`` (default: the process's); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and its error (2), or --help (0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     from ..train import NonFiniteLossError
 
+    debug = os.environ.get("ZOO_DEBUG", "") not in ("", "0")
     try:
         return args.handler(args)
     except NonFiniteLossError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, OSError) as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug, not bad input: one line, the traceback on request
+        if debug:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (run again with ZOO_DEBUG=1 "
+              f"for the traceback, and please report it)", file=sys.stderr)
+        return 3
 
 
 def script(command: str) -> None:

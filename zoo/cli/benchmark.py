@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 
 from .. import bench
+from .args import output_file
 
 
 def add_arguments(p, name: str) -> None:
@@ -58,7 +59,7 @@ def add_arguments(p, name: str) -> None:
     p.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
     p.add_argument("--peak-size", type=int, default=None,
                    help="matmul size of the peak measurement (default 2048 on CPU, 8192 otherwise)")
-    p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="write every figure to FILE")
 
 
 def run(args) -> int:

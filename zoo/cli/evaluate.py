@@ -3,9 +3,11 @@
 (:func:`zoo.train.evaluate_run`). Exit codes: 0 done, 2 bad arguments or input."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from .. import train as T
+from .args import at_least, output_file
 
 
 def add_arguments(p, name: str) -> None:
@@ -13,12 +15,19 @@ def add_arguments(p, name: str) -> None:
     p.add_argument("--dataset", help="evaluate on this dataset's evaluation split instead of the run's")
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--checkpoint", help="a checkpoint file instead of the run's best")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--output", help="confusion-matrix PNG path (default: in the run directory)")
+    p.add_argument("--batch-size", type=at_least(1), help="default 64")
+    p.add_argument("--output", type=output_file,
+                   help="confusion-matrix PNG path (default: in the run directory)")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    # the score map of an image moved to its own command; the old flag says where
+    p.add_argument("--fully-conv", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
+    if args.fully_conv:
+        raise ValueError("evaluate --run scores a run's checkpoint on a dataset; --fully-conv "
+                         "(the fully-convolutional score map of one image) is `zoo visualize "
+                         "scoremap --model NAME --weights TAG --image FILE`")
     report = T.evaluate_run(args.run, dataset=args.dataset, data_dir=args.data_dir,
                             checkpoint=args.checkpoint, batch_size=args.batch_size,
                             output=args.output)

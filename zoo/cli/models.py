@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import registry
 from ..summary import summary
+from .args import at_least, warn
 
 
 def add_arguments(p, name: str) -> None:
@@ -13,14 +14,20 @@ def add_arguments(p, name: str) -> None:
         p.add_argument("--weights", action="store_true", help="list weight tags instead")
         return
     p.add_argument("model")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: native)")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--size", type=at_least(1), nargs=2, metavar=("H", "W"),
+                   help="input size (default: native)")
+    p.add_argument("--num-classes", type=at_least(1))
 
 
 def run(args) -> int:
     if args.command == "list":
+        if args.weights and args.pretrained:
+            warn("--pretrained is ignored with --weights (every weight tag is pretrained)")
         names = (registry.list_weights(args.pattern) if args.weights
                  else registry.list_models(args.pattern, pretrained=args.pretrained))
+        if not names:
+            warn(f"no {'weight tag' if args.weights else 'model'} matches {args.pattern!r}"
+                 + (" with weights" if args.pretrained and not args.weights else ""))
         print("\n".join(names))
         return 0
     model = registry.create(args.model, num_classes=args.num_classes)

@@ -9,6 +9,7 @@ Exit codes: 0 done, 2 bad arguments, weights or images."""
 from __future__ import annotations
 
 from .. import weights
+from .args import at_least
 
 
 def add_arguments(p, name: str) -> None:
@@ -19,7 +20,7 @@ def add_arguments(p, name: str) -> None:
                         "weights file")
     p.add_argument("--model", help="model name; needed for a torchvision file whose name does "
                                    "not say (the tag or zoo file says it otherwise)")
-    p.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    p.add_argument("--top", type=at_least(1), default=5, help="how many classes to print (default 5)")
 
 
 def run(args) -> int:

@@ -3,10 +3,24 @@
 With no arguments: lenet5 on the digits that ship with scikit-learn. Exit codes: 0 done,
 1 training diverged (NaN/inf loss), 2 bad arguments or input, 130 interrupted (the last
 checkpoint is kept; continue with --resume DIR).
+
+Only the flags given reach :func:`zoo.train.run` (argparse defaults are None), so the
+library can tell a flag typed from a default: ``--momentum`` with Adam is an error, the
+default momentum is not.
 """
 from __future__ import annotations
 
+import argparse
+
 from .. import train as T
+
+
+def _epochs(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs (e.g. 30,60), "
+                                         f"got {text!r}") from None
 
 
 def add_arguments(p, name: str) -> None:
@@ -34,7 +48,7 @@ def add_arguments(p, name: str) -> None:
                                                       "L2 for sgd/adam, decoupled for adamw")
     g.add_argument("--schedule", choices=T.SCHEDULES, help=f"default {d.schedule}")
     g.add_argument("--warmup-epochs", type=float, help="linear warmup before the schedule")
-    g.add_argument("--lr-milestones", type=lambda s: tuple(float(v) for v in s.split(",")),
+    g.add_argument("--lr-milestones", type=_epochs,
                    help="step schedule: comma-separated epochs where lr *= --lr-gamma "
                         "(default: 50%% and 75%% of the epochs)")
     g.add_argument("--lr-gamma", type=float, help=f"step schedule factor (default {d.lr_gamma})")
@@ -62,8 +76,12 @@ def add_arguments(p, name: str) -> None:
     g.add_argument("--distributed", action="store_true", default=None,
                    help="call jax.distributed.initialize(); every process runs this command")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (else autodetect)")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
+    g.add_argument("--num-processes", type=int, help="processes in the run (with --coordinator)")
+    g.add_argument("--process-id", type=int, help="this process's id, 0 .. N-1 (0 runs the "
+                                                   "coordinator)")
+    g.add_argument("--distributed-timeout", type=float, metavar="SECONDS",
+                   help=f"give up (exit 2) when the processes have not all arrived after this "
+                        f"long (default {d.distributed_timeout:g})")
 
 
 def run(args) -> int:

@@ -1,13 +1,24 @@
-"""A run's settings (:class:`TrainConfig`) and the errors meant for the user."""
+"""A run's settings (:class:`TrainConfig`), their validation, and the errors meant for the user.
+
+Every setting is checked in one place, :meth:`TrainConfig.validate`, before any data is
+read or anything is compiled: types, finiteness (NaN and infinity are never a setting),
+ranges, and the settings that contradict each other by value (``nesterov`` with Adam,
+``lr_milestones`` without the step schedule, multi-host settings without ``distributed``).
+:func:`check_given` adds the contradictions only the flags the user gave can show (a
+``--momentum`` with Adam: the field always has a default). Messages name the flag.
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
 
 from .. import checkpoint as ckpt
+from ..registry import MAX_CLASSES
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -15,6 +26,8 @@ SCHEDULES = ("constant", "step", "cosine", "linear")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 #: leaf names never weight-decayed: biases and BatchNorm scales (any 0/1-D leaf neither)
 NO_DECAY_NAMES = ("bias", "scale")
+#: settings that only mean something with ``distributed`` (whose defaults are None)
+MULTI_HOST = ("coordinator", "num_processes", "process_id")
 
 
 class ConfigError(ValueError):
@@ -27,6 +40,12 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message, *, step=None, epoch=None, checkpoint=None):
         super().__init__(message)
         self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting, with the field's name where they differ."""
+    text = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+    return f"{text} ({name})" if "_" in name else text
 
 
 # ----------------------------------------------------------------------------------------
@@ -65,6 +84,7 @@ class TrainConfig:
     coordinator: str | None = None     # jax.distributed.initialize arguments (else autodetect)
     num_processes: int | None = None
     process_id: int | None = None
+    distributed_timeout: float = 300.0  # seconds to wait for every process to arrive
     pretrained: str | None = None
     freeze: tuple = ()
     backbone_lr_scale: float = 1.0
@@ -74,37 +94,181 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
-        def choose(name, value, choices):
-            if value not in choices:
-                raise ConfigError(f"unknown {name} {value!r}; choose from: {', '.join(choices)}")
-
-        choose("optimizer", self.optimizer, OPTIMIZERS)
-        choose("schedule", self.schedule, SCHEDULES)
-        choose("dtype", self.dtype, tuple(DTYPES))
+        """Check every setting (types, finite values, ranges, contradictions by value);
+        raises :class:`ConfigError` naming the flag, the value and what is accepted."""
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("dtype", tuple(DTYPES))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from: "
+                                  f"{', '.join(choices)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"--model must be a model name, got {self.model!r}")
+        for name in ("data_dir", "val_dataset", "output_dir", "resume", "coordinator",
+                     "pretrained"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
+                raise ConfigError(f"{flag(name)} must be a non-empty path or name, got {value!r}")
+        for name in ("nesterov", "distributed", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)} is a switch (True/False), got {getattr(self, name)!r}")
+        if self.aux_logits is not None and not isinstance(self.aux_logits, bool):
+            raise ConfigError(f"{flag('aux_logits')} is a switch, got {self.aux_logits!r}")
         for name in ("epochs", "batch_size", "keep", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.backbone_lr_scale < 0:
-            raise ConfigError("weight_decay, warmup_epochs and backbone_lr_scale must be >= 0")
+            _integer(name, getattr(self, name), 1)
+        _integer("seed", self.seed, 0, 2**32 - 1)
+        _integer("image_size", self.image_size, 1, 1 << 16, optional=True)
+        _integer("num_classes", self.num_classes, 1, MAX_CLASSES, optional=True)
+        _integer("num_processes", self.num_processes, 1, optional=True)
+        _integer("process_id", self.process_id, 0, optional=True)
+        _real("lr", self.lr, 0, None, low_open=True)
+        _real("momentum", self.momentum, 0, 1, high_open=True)
+        _real("weight_decay", self.weight_decay, 0, None)
+        _real("warmup_epochs", self.warmup_epochs, 0, None)
+        _real("lr_gamma", self.lr_gamma, 0, 1, low_open=True)
+        _real("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        _real("clip_norm", self.clip_norm, 0, None, low_open=True, optional=True)
+        _real("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
+              optional=True)
+        _real("backbone_lr_scale", self.backbone_lr_scale, 0, None)
+        _real("aux_loss_weight", self.aux_loss_weight, 0, None, optional=True)
+        _real("distributed_timeout", self.distributed_timeout, 0, 7 * 86400, low_open=True)
         if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
-        if self.image_size is not None and int(self.image_size) < 1:
-            raise ConfigError(f"image_size must be >= 1, got {self.image_size}")
-        self.freeze = tuple(self.freeze or ())
-        self.lr_milestones = tuple(self.lr_milestones or ())
+            raise ConfigError(f"{flag('warmup_epochs')} {self.warmup_epochs:g} must be less than "
+                              f"--epochs {self.epochs}: the warmup would never end")
+        self.freeze = _strings("freeze", self.freeze)
+        self.lr_milestones = self._milestones()
+        self._contradictions()
         return self
+
+    def _milestones(self) -> tuple:
+        values = self.lr_milestones
+        if values is None:
+            return ()
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise ConfigError(f"{flag('lr_milestones')} must be a list of epochs, got {values!r}")
+        values = tuple(values)
+        if values and self.schedule != "step":
+            raise ConfigError(f"--lr-milestones applies to --schedule step only, not "
+                              f"{self.schedule}: drop it or use --schedule step")
+        for m in values:
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not math.isfinite(m) \
+                    or not 0 < m < self.epochs:
+                raise ConfigError(f"{flag('lr_milestones')}: milestone {m!r} must be an epoch "
+                                  f"strictly between 0 and --epochs {self.epochs}")
+            if m <= self.warmup_epochs:
+                raise ConfigError(f"{flag('lr_milestones')}: milestone {m:g} falls inside the "
+                                  f"warmup of {self.warmup_epochs:g} epochs (--warmup-epochs), "
+                                  f"where it would be ignored")
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise ConfigError(f"{flag('lr_milestones')} must increase strictly, got "
+                              f"{','.join(f'{m:g}' for m in values)}")
+        return values
+
+    def _contradictions(self) -> None:
+        if self.val_dataset is not None and self.val_fraction is not None:
+            raise ConfigError(f"{flag('val_dataset')} and {flag('val_fraction')} both choose the "
+                              f"evaluation data: give one of them")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ConfigError(f"--nesterov applies to --optimizer sgd only, not {self.optimizer}: "
+                              f"drop --nesterov or use --optimizer sgd")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov needs --momentum > 0 (Nesterov momentum without "
+                              "momentum is plain SGD)")
+        if not self.distributed:
+            given = [flag(k) for k in MULTI_HOST if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: multi-host settings apply only with "
+                                  f"--distributed (add it, or drop them for a one-process run)")
+        if (self.process_id is not None and self.num_processes is not None
+                and self.process_id >= self.num_processes):
+            raise ConfigError(f"{flag('process_id')} {self.process_id} must be less than "
+                              f"{flag('num_processes')} {self.num_processes} (ids run from 0 to "
+                              f"{self.num_processes - 1})")
+        if self.coordinator is not None:
+            host, _, port = str(self.coordinator).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"--coordinator {self.coordinator!r} must be HOST:PORT with a "
+                                  f"port from 1 to 65535 (e.g. 10.0.0.1:1234)")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         if not isinstance(d["dataset"], (str, os.PathLike)):
             d["dataset"] = "arrays"
         return ckpt.jsonable(d)
+
+
+def _integer(name, value, low, high=None, *, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{flag(name)} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"from {low} to {high:,}"
+        raise ConfigError(f"{flag(name)} must be {bound}, got {value}")
+
+
+def _real(name, value, low, high, *, low_open=False, high_open=False, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{flag(name)} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag(name)} must be a finite number, got {value}")
+    below = value <= low if low_open else value < low
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        what = (f"{'>' if low_open else '>='} {low:g}" if high is None else
+                f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ConfigError(f"{flag(name)} must be {what}, got {value:g}")
+
+
+def _strings(name, values) -> tuple:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = (values,)
+    values = tuple(values)
+    if not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{flag(name)} takes non-empty patterns, got {values!r}")
+    return values
+
+
+def given_settings(config, overrides: Mapping[str, Any] = ()) -> set:
+    """The settings the caller chose: the keys of a dict (``zoo train`` passes only the
+    flags typed) and of ``overrides``; of a :class:`TrainConfig`, the fields off their
+    defaults."""
+    given = set(overrides)
+    if isinstance(config, Mapping):
+        given |= {k for k, v in config.items() if v is not None}
+    elif isinstance(config, TrainConfig):
+        defaults = TrainConfig()
+        given |= {f.name for f in dataclasses.fields(TrainConfig)
+                  if getattr(config, f.name) != getattr(defaults, f.name)}
+    return given
+
+
+def check_given(cfg: TrainConfig, given: Iterable[str]) -> list[str]:
+    """Contradictions among the settings the user gave (:func:`given_settings`): a
+    :class:`ConfigError` for a flag that would be silently ignored, or the warnings (one
+    line each) for a flag that is harmless to ignore."""
+    given = set(given)
+    if "momentum" in given and cfg.optimizer != "sgd":
+        raise ConfigError(f"--momentum applies to --optimizer sgd only, not {cfg.optimizer} "
+                          f"(Adam keeps its own moment estimates): drop --momentum")
+    if "lr_gamma" in given and cfg.schedule != "step":
+        raise ConfigError(f"--lr-gamma applies to --schedule step only, not {cfg.schedule}: "
+                          f"drop it or use --schedule step")
+    if "distributed_timeout" in given and not cfg.distributed:
+        raise ConfigError(f"{flag('distributed_timeout')} applies only with --distributed")
+    if "output_dir" in given and cfg.resume is not None and \
+            os.path.realpath(os.fspath(cfg.output_dir)) != os.path.realpath(os.fspath(cfg.resume)):
+        raise ConfigError(f"--resume {cfg.resume} continues the run in {cfg.resume}, and "
+                          f"--output-dir {cfg.output_dir} names another directory: drop "
+                          f"--output-dir (or copy the run there and resume that copy)")
+    warnings = []
+    if "data_dir" in given and cfg.dataset == "digits" and "val_dataset" not in given:
+        warnings.append("--data-dir is ignored: the digits ship with scikit-learn, not TFDS")
+    return warnings
 
 
 def as_config(config=None, **overrides) -> TrainConfig:
@@ -119,5 +283,9 @@ def as_config(config=None, **overrides) -> TrainConfig:
     else:
         config = dataclasses.replace(config)
     if overrides:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ConfigError(f"unknown settings {sorted(unknown)}")
         config = dataclasses.replace(config, **overrides)
     return config.validate()

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .config import NonFiniteLossError
+from .rundir import writing
 from .trainer import Trainer, TrainState
 
 
@@ -167,11 +168,18 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
             if manager is not None:
                 meta = dict(metadata or {}, epoch=epoch + 1, step=step, metrics=history,
                             eval_accuracy=row["eval_accuracy"])
-                manager.save(step, {"params": ts.params, "state": ts.state,
-                                    "opt_state": ts.opt_state, "step": ts.step, "rng": ts.rng}, meta)
+                last = manager.latest()
+                with writing(manager.path(step), f"checkpoint of epoch {epoch + 1}",
+                             f"the previous checkpoint {last} is intact: free space (or make the "
+                             f"directory writable) and continue with --resume {run_dir}" if last
+                             else "no earlier checkpoint exists; free space and train again"):
+                    manager.save(step, {"params": ts.params, "state": ts.state, "opt_state":
+                                        ts.opt_state, "step": ts.step, "rng": ts.rng}, meta)
             if metrics_path and is_main():
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                with writing(metrics_path, "metrics", "the checkpoint of this epoch is saved: "
+                             f"continue with --resume {run_dir} (it rewrites the metrics)"):
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
     finally:
         bar.close()
     return ts, history

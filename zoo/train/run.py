@@ -6,8 +6,9 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable
 
 import jax
 import numpy as np
@@ -16,29 +17,15 @@ from .. import checkpoint as ckpt
 from .. import paths, registry
 from ..nn import count_params
 from ..visualize import confusion_matrix, plot_confusion, plot_curves
-from .config import ConfigError, TrainConfig, as_config
+from .config import ConfigError, TrainConfig, as_config, check_given, given_settings
+from .distributed import init_distributed
 from .loop import data_module, evaluate, fit, is_main, quiet, write_jsonl
+from .rundir import RESUME_OVERRIDES, check_output_dir, resume_config, writing  # noqa: F401
 from .trainer import Trainer, TrainState
 
 
 # ----------------------------------------------------------------------------------------
 # Runs.
-
-def init_distributed(cfg: TrainConfig) -> None:
-    """``jax.distributed.initialize`` (once) with the configured coordinator, or the
-    cluster's autodetection (SLURM, Open MPI, TPU) when none is given."""
-    if jax.distributed.is_initialized():
-        return
-    kwargs = {k: v for k, v in (("coordinator_address", cfg.coordinator),
-                                ("num_processes", cfg.num_processes),
-                                ("process_id", cfg.process_id)) if v is not None}
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"--distributed: jax.distributed.initialize() failed: {e}. Give "
-                          "--coordinator HOST:PORT --num-processes N --process-id I, or launch "
-                          "under SLURM / Open MPI (see docs/training.md)") from e
-
 
 def _dataset_label(spec) -> str:
     if isinstance(spec, (str, os.PathLike)):
@@ -54,34 +41,6 @@ def _default_output_dir(cfg: TrainConfig) -> str:
         stamp = int(multihost_utils.broadcast_one_to_all(np.int64(stamp)))
     when = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{cfg.model}-{_dataset_label(cfg.dataset)}-{when}")
-
-
-#: settings that may change when resuming a run (anything else must match its config.json)
-RESUME_OVERRIDES = ("epochs", "keep", "distributed", "coordinator", "num_processes",
-                    "process_id", "data_dir", "progress", "log_every")
-
-
-def _resume_config(cfg: TrainConfig, given: Iterable[str] = ()) -> TrainConfig:
-    run_dir = cfg.resume
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise ConfigError(f"--resume {run_dir}: no config.json there; is it a run directory?")
-    with open(path) as f:
-        saved = json.load(f)["settings"]
-    changed = sorted(k for k in given if k not in RESUME_OVERRIDES and k not in ("resume", "output_dir")
-                     and ckpt.jsonable(getattr(cfg, k)) != saved.get(k))
-    if changed:
-        raise ConfigError(f"--resume {run_dir}: cannot change {', '.join(changed)} of a run; "
-                          f"only {', '.join(RESUME_OVERRIDES)} may change")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in saved.items() if k in fields}
-    if values.get("dataset") == "arrays":
-        values["dataset"] = cfg.dataset
-    for k in given:
-        if k in RESUME_OVERRIDES:
-            values[k] = getattr(cfg, k)
-    values.update(resume=run_dir, output_dir=run_dir)
-    return as_config(values)
 
 
 def _as_classes(ds) -> int:
@@ -126,7 +85,11 @@ def prepare(cfg: TrainConfig, *, model=None, data=None) -> dict:
         raise ConfigError(f"the data's images are {tuple(train_ds.images.shape[1:])}, the model "
                           f"needs {image_shape}")
     classes = _as_classes(train_ds)
-    num_classes = int(cfg.num_classes or classes)
+    num_classes = classes if cfg.num_classes is None else int(cfg.num_classes)
+    if num_classes < classes:
+        names = ", ".join(map(str, train_ds.class_names[:12])) + (", ..." if classes > 12 else "")
+        raise ConfigError(f"--num-classes {num_classes} is smaller than the {classes} classes of "
+                          f"the data ({names}): drop it, or give at least {classes}")
     top = int(max(np.max(train_ds.labels), np.max(eval_ds.labels) if len(eval_ds) else 0))
     if top >= num_classes:
         raise ConfigError(f"--num-classes {num_classes} is too small: the data has label {top} "
@@ -169,22 +132,29 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     ``config.model``; ``data``: ``(train_ds, eval_ds)`` :class:`zoo.data.Dataset` s instead
     of loading ``config.dataset``; ``devices``: the mesh (default all).
     """
-    given = set(overrides) | (set(config) if isinstance(config, Mapping) else set())
+    # Every setting, and every contradiction among the flags given, is checked before
+    # anything is read, initialised or compiled.
+    given = given_settings(config, overrides)
     cfg = as_config(config, **overrides)
+    warnings = check_given(cfg, given)
     if cfg.resume:
-        cfg = _resume_config(cfg, given)
+        cfg = resume_config(cfg, given)
     if cfg.distributed:
-        init_distributed(cfg)
+        init_distributed(cfg, log=(lambda m: print(m, flush=True)) if verbose else quiet)
     log = print if verbose and is_main() else quiet
+    for note in warnings if is_main() else ():
+        print(f"warning: {note}", file=sys.stderr)
     t_start = time.perf_counter()
 
-    setup = prepare(cfg, model=model, data=data)
-    model, train_all, eval_all = setup["model"], setup["train_ds"], setup["eval_ds"]
     run_dir = cfg.output_dir or _default_output_dir(cfg)
+    if is_main():
+        check_output_dir(run_dir, "--resume" if cfg.resume else "--output-dir")
     manager = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints"), keep=cfg.keep)
     if not cfg.resume and manager.steps():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --output-dir")
+    setup = prepare(cfg, model=model, data=data)
+    model, train_all, eval_all = setup["model"], setup["train_ds"], setup["eval_ds"]
 
     spe = data_module().steps_per_epoch(train_all, cfg.batch_size, train=True)
     devices = list(devices) if devices is not None else jax.devices()
@@ -238,6 +208,11 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         if is_main():
             os.makedirs(run_dir, exist_ok=True)
             write_jsonl(os.path.join(run_dir, "metrics.jsonl"), [])
+    if cfg.resume and start_epoch >= cfg.epochs:
+        raise ConfigError(f"--resume {run_dir}: nothing to do: the run already completed "
+                          f"{start_epoch} epochs and --epochs is {cfg.epochs}; give --epochs "
+                          f"N > {start_epoch} to train further (zoo evaluate --run {run_dir} "
+                          f"reports the result)")
     if is_main():
         resolved = {"settings": cfg.to_json(), "model_config": ckpt.jsonable(model.metadata()),
                     "resolved": ckpt.jsonable({
@@ -248,8 +223,10 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
                         "steps_per_epoch": spe, "num_params": num_params,
                         "devices": [str(d) for d in devices], "process_count": jax.process_count(),
                         "jax_version": jax.__version__, "zoo_version": _zoo_version()})}
-        ckpt.atomic_write_bytes(os.path.join(run_dir, "config.json"),
-                                json.dumps(resolved, indent=2).encode())
+        with writing(os.path.join(run_dir, "config.json"), "run settings",
+                     "the checkpoints are intact" if cfg.resume else "nothing was trained"):
+            ckpt.atomic_write_bytes(os.path.join(run_dir, "config.json"),
+                                    json.dumps(resolved, indent=2).encode())
     log(f"output: {run_dir}")
 
     try:
@@ -303,9 +280,12 @@ def finalize(run_dir, cfg, history, manager, eval_ds, t_start, *, num_params, co
                               (history[0]["images_per_second"] if history else None)),
     }
     if is_main():
-        plot_curves(history, os.path.join(run_dir, "curves.png"))
-        ckpt.atomic_write_bytes(os.path.join(run_dir, "summary.json"),
-                                json.dumps(summary, indent=2).encode())
+        intact = f"the checkpoints are intact (zoo evaluate --run {run_dir} still works)"
+        with writing(os.path.join(run_dir, "curves.png"), "training curves", intact):
+            plot_curves(history, os.path.join(run_dir, "curves.png"))
+        with writing(os.path.join(run_dir, "summary.json"), "run summary", intact):
+            ckpt.atomic_write_bytes(os.path.join(run_dir, "summary.json"),
+                                    json.dumps(summary, indent=2).encode())
     return summary
 
 
@@ -315,19 +295,25 @@ def finalize(run_dir, cfg, history, manager, eval_ds, t_start, *, num_params, co
 def load_run(run_dir: str, checkpoint: str | None = None):
     """``(model, variables, metadata)`` of a run's best checkpoint (or ``checkpoint``)."""
     path = checkpoint
-    if path is None:
-        summary_path = os.path.join(run_dir, "summary.json")
-        if os.path.exists(summary_path):
-            with open(summary_path) as f:
-                path = json.load(f).get("checkpoint")
-            if path:  # the run's own copy: the directory may have been moved or copied
-                path = os.path.join(run_dir, "checkpoints", os.path.basename(path))
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--checkpoint {path}: " + ("a directory, not a checkpoint file"
+                              if os.path.isdir(path) else "no such file"))
+    elif not os.path.isdir(run_dir):
+        raise ConfigError(f"--run {run_dir}: " + ("no such directory" if not
+                          os.path.exists(run_dir) else "a file, not a run directory"))
+    else:
+        path = _summary_checkpoint(run_dir)
         if not path or not os.path.exists(path):
             path = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).best() or \
                 ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if not path or not os.path.exists(path):
         raise ConfigError(f"no checkpoint found in {run_dir}; is it a run directory?")
     variables, meta = ckpt.load_weights(path)
+    missing = [k for k in ("model", "input_shape", "num_classes", "mean", "std") if k not in meta]
+    if missing:
+        raise ConfigError(f"{path}: its metadata lacks {', '.join(missing)}: not a zoo "
+                          f"training checkpoint or weights file that can be evaluated")
     try:
         model = registry.from_metadata(meta)
     except ValueError as e:
@@ -338,11 +324,26 @@ def load_run(run_dir: str, checkpoint: str | None = None):
     return model, variables, meta
 
 
+def _summary_checkpoint(run_dir) -> str | None:
+    """The best checkpoint summary.json names, in the run's own directory (it may have been
+    moved or copied); None when summary.json is absent or damaged (the manager decides)."""
+    try:
+        with open(os.path.join(run_dir, "summary.json"), "rb") as f:
+            path = json.loads(f.read().decode("utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return os.path.join(run_dir, "checkpoints", os.path.basename(path)) \
+        if isinstance(path, str) and path else None
+
+
 def evaluate_run(run_dir: str, *, dataset=None, data_dir=None, checkpoint=None,
                  batch_size: int | None = None, devices=None, output: str | None = None,
                  log: Callable = print) -> dict:
     """Evaluate a run's best checkpoint on its evaluation split (or on ``dataset``'s):
     accuracy, per-class accuracy, confusion matrix written as a PNG into the run dir."""
+    if batch_size is not None and (isinstance(batch_size, bool) or
+                                   not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     model, variables, meta = load_run(run_dir, checkpoint)
     settings = dict(meta.get("settings") or {})
     spec = dataset if dataset is not None else settings.get("dataset", "digits")
@@ -364,7 +365,7 @@ def evaluate_run(run_dir: str, *, dataset=None, data_dir=None, checkpoint=None,
     if list(eval_ds.class_names) != class_names[:len(eval_ds.class_names)]:
         log(f"warning: class names differ from training's: {eval_ds.class_names} vs {class_names}")
     devices = list(devices) if devices is not None else jax.devices()[:1]
-    bs = batch_size or 64
+    bs = 64 if batch_size is None else batch_size
     bs = -(-bs // len(devices)) * len(devices)
     cfg = as_config(model=meta["model"], batch_size=bs, dtype=settings.get("dtype", "float32"),
                     progress=False)
