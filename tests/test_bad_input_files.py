@@ -269,7 +269,8 @@ def test_c6_load_weights_on_a_torchvision_file_points_to_weights_load(tmp_path):
 def test_c6_load_weights_on_a_pth_is_not_safetensors(tmp_path):
     torch = pytest.importorskip("torch")
     path = _torch_file(torch, tmp_path / "w.pth")
-    _raises(ValueError, "not a safetensors file", path, ckpt.load_weights, path)
+    _raises(ValueError, r"not a safetensors file.*PyTorch file.*zoo\.weights\.load", path,
+            ckpt.load_weights, path)
 
 
 def test_c6_unreadable_dtype_is_named(tmp_path):

@@ -110,8 +110,10 @@ def read_header(path, what: str = "weights file") -> Header:
             raise ValueError(f"{path}: truncated: {size} bytes, less than a safetensors header")
         n = int.from_bytes(head, "little")
         if n > _MAX_HEADER:
+            other = (" It is a PyTorch file (zip or pickle): read it with zoo.weights.load"
+                     if head[:2] == b"PK" or head[:1] == b"\x80" else "")
             raise ValueError(f"{path} is not a safetensors file: its first 8 bytes give a header "
-                             f"of {n} bytes (corrupt, or another format)")
+                             f"of {n} bytes (corrupt, or another format).{other}")
         if 8 + n > size:
             raise ValueError(f"{path}: truncated: its header alone needs {8 + n} bytes, the "
                              f"file has {size} (an interrupted copy or download?)")
