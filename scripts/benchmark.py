@@ -1,3 +1,4 @@
 from zoo.cli import script
 
-script("benchmark")
+if __name__ == "__main__":   # worker processes (spawn) import this file: run once
+    script("benchmark")

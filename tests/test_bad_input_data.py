@@ -273,8 +273,8 @@ def test_unreadable_image_files_are_named(tmp_path, name, write, exc, reason, ho
 
 @pytest.mark.parametrize("name, write, exc, reason", [c[1:] for c in BAD_FILES],
                          ids=[c[0] + "-in-folder" for c in BAD_FILES])
-def test_unreadable_files_in_a_folder_are_an_error_that_counts_them(tmp_path, name, write, exc,
-                                                                  reason):
+def test_unreadable_files_in_a_folder_are_skipped_with_a_warning_or_strict_an_error(
+        tmp_path, name, write, exc, reason):
     root = _write_folder(tmp_path / "pets", per_class=2)
     path = root / "cat" / name
     write(path)
@@ -282,11 +282,58 @@ def test_unreadable_files_in_a_folder_are_an_error_that_counts_them(tmp_path, na
         (path / "inner.png").write_text("not an image either")
         name, reason = "inner.png", r"not an image file"
     with pytest.raises(ImageFileError) as info:
-        data.load(str(root), image_shape=(8, 8, 3))
+        data.load(str(root), image_shape=(8, 8, 3), strict_images=True)
     msg = str(info.value)
     assert isinstance(info.value, DataError) and isinstance(info.value, ImageError)
     assert re.search(r"1 of 5 image files in .*pets cannot be read; fix or remove them", msg), msg
     assert name in msg and re.search(reason, msg), msg
+    with pytest.warns(UserWarning, match=r"1 of 5 image files in .*pets cannot be read and are "
+                                         r"skipped \(4 images remain; --strict-images") as caught:
+        train, val = data.load(str(root), image_shape=(8, 8, 3), val_fraction=0.5)
+    msg = next(str(w.message) for w in caught if "skipped" in str(w.message))
+    assert name in msg and re.search(reason, msg), msg
+    assert len(train) + len(val) == 4
+
+
+def _unreadable(root, names):
+    for n in names:
+        (root / n).write_bytes(b"")
+
+
+def test_many_unreadable_files_are_counted_and_the_first_few_named(tmp_path):
+    root = _write_folder(tmp_path / "pets", per_class=6)
+    _unreadable(root / "cat", [f"bad{i}.png" for i in range(5)])
+    with pytest.warns(UserWarning, match=r"5 of 17 image files .* skipped \(12 images remain") \
+            as caught:
+        train, val = data.load(str(root), image_shape=(8, 8, 3))
+    msg = next(str(w.message) for w in caught if "skipped" in str(w.message))
+    assert all(f"bad{i}.png" in msg for i in range(3)) and "bad4.png" not in msg
+    assert msg.endswith("and 2 more") and len(train) + len(val) == 12
+
+
+def test_a_class_left_empty_by_unreadable_files_is_an_error(tmp_path):
+    root = _write_folder(tmp_path / "pets", per_class=3)
+    (root / "emu").mkdir()
+    _unreadable(root / "emu", ["a.png", "b.jpg"])
+    with pytest.raises(ImageFileError, match=r"2 of 8 image files .* cannot be read, leaving "
+                                             r"class folder\(s\) \['emu'\] without an image"):
+        data.load(str(root), image_shape=(8, 8, 3))
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_folder_of_only_unreadable_files_is_an_error(tmp_path, strict):
+    root = tmp_path / "pets"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        _unreadable(root / c, ["x.png", "y.png"])
+    with pytest.raises(ImageFileError, match=r"4 of 4 image files in .*pets cannot be read"
+                                             + ("" if strict else r" \(none is left\)")):
+        data.load(str(root), image_shape=(8, 8, 3), strict_images=strict)
+
+
+def test_strict_images_must_be_a_switch(tmp_path):
+    with pytest.raises(DataError, match=r"strict_images is a switch \(True/False\), got 'yes'"):
+        data.load("digits", image_shape=(8, 8, 1), strict_images="yes")
 
 
 # ---- class 7: every mode read right --------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 
 from .. import train as T
+from ..data import DATA_MODES
+from ..train.config import AUGMENT_CHOICES
 
 
 def _epochs(text: str) -> tuple:
@@ -34,6 +36,18 @@ def add_arguments(p, name: str) -> None:
     g.add_argument("--val-fraction", type=float, help="hold out this stratified fraction of the "
                                                       "training data for evaluation")
     g.add_argument("--image-size", type=int, help="square input side (default: the model's)")
+    g.add_argument("--augment", choices=AUGMENT_CHOICES,
+                   help="training augmentation (default auto: none for single-channel data and "
+                        "glyphs, crop_flip for RGB at <= 64 px, random_resized_crop above)")
+    g.add_argument("--strict-images", action="store_true", default=None,
+                   help="an unreadable image file in a dataset folder is an error (default: "
+                        "skipped with a warning that counts and names them)")
+    g.add_argument("--data-mode", choices=DATA_MODES,
+                   help="memory: decode the set once; stream: read it in worker processes "
+                        "every epoch; auto (default): memory when the decoded set fits 25%% "
+                        "of this machine's memory")
+    g.add_argument("--workers", type=int, help="streaming worker processes (default: the CPU "
+                                               "count; 0 decodes in this process, for debugging)")
     g.add_argument("--num-classes", type=int, help="model outputs (default: the dataset's classes)")
     g.add_argument("--aux-logits", action="store_true", default=None,
                    help="train with the model's auxiliary classifiers (GoogLeNet; loss weight 0.3)")
@@ -84,6 +98,11 @@ def add_arguments(p, name: str) -> None:
                         f"long (default {d.distributed_timeout:g})")
 
 
+def _first_process() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
 def run(args) -> int:
     settings = {k: v for k, v in vars(args).items()
                 if v is not None and k not in ("command", "handler")}
@@ -94,5 +113,5 @@ def run(args) -> int:
     acc_text = f"{acc:.4f}" if acc is not None else "n/a"
     print(f"{summary['eval_split']} accuracy {acc_text} (best {summary['best_eval_accuracy'] or 0:.4f}, "
           f"{summary['epochs_completed']} epochs, {summary['seconds']:.0f} s); "
-          f"run written to {summary['output_dir']}")
+          f"run written to {summary['output_dir']}" + ("" if _first_process() else " by process 0"))
     return 0

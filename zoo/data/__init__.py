@@ -26,9 +26,10 @@ a folder path
     one warning that counts them. Links are followed once per real path: a folder already
     walked, one of another class or one above the class folder (a loop) is ignored with
     one warning. Every mode is read as 8-bit gray or RGB (:mod:`zoo.image_files`: 16-bit
-    scaled by 255/65535, transparency over white). An image file that cannot be read
-    (empty, truncated, damaged, not an image) is an error (:class:`ImageFileError`) that
-    counts and names them: a dataset never shrinks unnoticed.
+    scaled by 255/65535, transparency over white). Image files that cannot be read
+    (empty, truncated, damaged, not an image) are skipped with one warning that counts
+    and names them, or with ``strict_images=True`` are an error (:class:`ImageFileError`);
+    a folder or a class left without images is that error either way.
 ``(images, labels)``
     NumPy arrays (Python API): images (N, H, W, C) uint8 0..255, float in [0, 1] (finite)
     or bool (0/255), labels (N,) integers 0..K-1 (whole floats accepted), K = max + 1 at
@@ -49,25 +50,36 @@ products, large ones by Pillow (same filter). Grayscale becomes RGB by repeating
 channel; RGB becomes grayscale with ITU-R 601 luma weights (Pillow's "L"); RGBA arrays lose
 alpha (image files with transparency are composited over white).
 Images are kept in memory at the target size (uint8 where the source is 8-bit): CIFAR-10
-at 32x32 is 150 MB, at 224x224 7.5 GB; ImageNet-size datasets do not fit this design.
+at 32x32 is 150 MB, at 224x224 7.5 GB. Larger sets are streamed: :func:`open_stream` lists a
+folder or opens a TFDS data source, and :func:`stream_batches` decodes, augments and
+normalises batches in Grain worker processes, a pure function of ``(seed, epoch, index)``
+(:mod:`.stream`); :func:`plan_data` chooses the path (``auto``: memory when the decoded set
+fits :data:`MEMORY_BUDGET` of the machine's memory).
 
 Normalisation statistics (``Dataset.mean``/``std``, per channel, of images scaled to
 [0, 1]) are computed on the training split and copied to the evaluation split, so
 ``batches(eval_ds, ...)`` normalises exactly like training.
 
-Augmentation (``Dataset.augment``): ``"none"`` for digits and other glyphs (a flipped digit
-is a different digit); ``"crop_flip"`` for natural images: zero-pad by ``max(1, size // 8)``
-pixels (4 at 32x32), take a random crop of the original size, flip left-right with
-probability 1/2 (He et al. 2016, CIFAR-10 recipe). Applied by :func:`batches` in training
-only.
+Augmentation (``Dataset.augment``, :mod:`.augment`): ``"none"``, ``"crop_flip"`` (zero-pad
+by ``max(1, size // 8)``, random crop, flip with probability 1/2; CIFAR) or
+``"random_resized_crop"`` (torchvision's ImageNet rule, then the flip). ``augment="auto"``
+(the default) never flips single-channel sources or glyph datasets (a flipped digit is a
+different digit), gives RGB ``crop_flip`` at inputs of at most 64 px and
+``random_resized_crop`` above; ``Dataset.augment_reason`` says why. Applied by
+:func:`batches` in training only, drawn from ``(seed, epoch, index)``.
 """
 from ..images import fit_image, fit_images
 from .batches import batches, check_batch_size, steps_per_epoch
 from .dataset import (AUGMENTATIONS, DataError, Dataset, ImageFileError, check_labels,
                       check_memory, stratified_split)
 from .sources import DATASET_CHOICES, load
+from .stream import (DATA_MODES, MEMORY_BUDGET, DataPlan, StreamBatches, memory_bytes,
+                     plan_data, stream_batches)
+from .stream_sources import STATS_SAMPLE, StreamSet, open_stream
 from .tfds import TFDS_DATASETS
 
 __all__ = ["AUGMENTATIONS", "DATASET_CHOICES", "DataError", "Dataset", "ImageFileError",
            "TFDS_DATASETS", "batches", "check_batch_size", "check_labels", "check_memory",
-           "fit_image", "fit_images", "load", "steps_per_epoch", "stratified_split"]
+           "fit_image", "fit_images", "load", "steps_per_epoch", "stratified_split",
+           "DATA_MODES", "MEMORY_BUDGET", "DataPlan", "STATS_SAMPLE", "StreamBatches",
+           "StreamSet", "memory_bytes", "open_stream", "plan_data", "stream_batches"]

@@ -9,7 +9,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .dataset import AUGMENTATIONS, DataError, Dataset, check_seed
+from .augment import (AUGMENTATIONS, apply_crop_flip, crop_flip_pad, example_rng,
+                      random_resized_crop)
+from .dataset import DataError, Dataset, check_seed
 
 
 def _check_batch_size_value(batch_size) -> int:
@@ -37,19 +39,28 @@ def steps_per_epoch(ds: Dataset | int, batch_size: int, train: bool = True) -> i
 
 def _crop_flip(images: np.ndarray, rng: np.random.Generator, total: int, index: np.ndarray
                ) -> np.ndarray:
-    """Random crop after zero padding by max(1, min(H, W) // 8) pixels, then a left-right
-    flip with probability 1/2. The draws are made for the whole global batch of ``total``
-    examples and ``index`` picks this shard's rows, so sharding does not change them."""
+    """:func:`.augment.apply_crop_flip` of each image. The offsets and flips are drawn for
+    the whole global batch of ``total`` examples and ``index`` picks this shard's rows, so
+    sharding does not change them."""
     _, h, w, _ = images.shape
-    pad = max(1, min(h, w) // 8)
+    pad = crop_flip_pad(h, w)
     dy = rng.integers(0, 2 * pad + 1, size=total)[index]
     dx = rng.integers(0, 2 * pad + 1, size=total)[index]
     flip = (rng.random(size=total) < 0.5)[index]
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     out = np.empty_like(images)
     for b in range(len(images)):
-        crop = padded[b, dy[b]:dy[b] + h, dx[b]:dx[b] + w]
-        out[b] = crop[:, ::-1] if flip[b] else crop
+        out[b] = apply_crop_flip(images[b], int(dy[b]), int(dx[b]), bool(flip[b]))
+    return out
+
+
+def _random_resized_crop(images: np.ndarray, seed: int, epoch: int, positions: np.ndarray
+                         ) -> np.ndarray:
+    """:func:`.augment.random_resized_crop` of each image back to its own size, drawn from
+    :func:`.augment.example_rng` of its position in the epoch's order: sharding and
+    batching do not change the draws."""
+    out = np.empty_like(images)
+    for b, p in enumerate(positions):
+        out[b] = random_resized_crop(images[b], example_rng(seed, epoch, int(p)))
     return out
 
 
@@ -71,7 +82,9 @@ def batches(ds: Dataset, batch_size: int, *, train: bool, seed: int, epoch: int,
     (B,).
 
     ``train=True``: a permutation drawn from ``(seed, epoch)``, augmentation per
-    ``ds.augment`` drawn from ``(seed, epoch, batch index)``, the last partial batch dropped.
+    ``ds.augment`` (:mod:`.augment`) drawn from ``(seed, epoch, batch index)`` (crop_flip)
+    or ``(seed, epoch, position in the order)`` (random_resized_crop, back to the stored
+    size), the last partial batch dropped.
     ``train=False``: in order, no augmentation, the last partial batch kept.
     ``drop_remainder`` overrides the default. Batches are made ``prefetch`` ahead in a
     background thread (bounded queue; 0 = in the caller's thread); the output depends only
@@ -112,6 +125,8 @@ def batches(ds: Dataset, batch_size: int, *, train: bool, seed: int, epoch: int,
         x = ds.images[idx[rows]]
         if train and ds.augment == "crop_flip":
             x = _crop_flip(x, np.random.default_rng([seed, epoch, 1, i]), len(idx), rows)
+        elif train and ds.augment == "random_resized_crop":
+            x = _random_resized_crop(x, seed, epoch, starts[i] + rows)
         x = x.astype(np.float32)
         x *= scale
         x -= mean

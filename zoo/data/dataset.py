@@ -11,6 +11,7 @@ import numpy as np
 
 from ..images import ImageError, as_image_array
 from ..registry import MAX_CLASSES
+from .augment import AUGMENTATIONS
 
 
 class DataError(ValueError):
@@ -37,8 +38,9 @@ class Dataset:
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: str = "none"
+    augment: str = "none"  # one of AUGMENTATIONS, applied by batches() in training only
     split: str = ""        # "train", "test", "validation", "val" (val_fraction), ...
+    augment_reason: str = ""   # why load() chose ``augment`` (the run header prints it)
 
     def __post_init__(self):
         what = f"dataset {self.name!r}" + (f" ({self.split})" if self.split else "")
@@ -86,9 +88,6 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, {self.split!r}, {len(self)} images of {self.image_shape} "
                 f"{self.images.dtype}, {self.num_classes} classes, augment={self.augment!r})")
-
-
-AUGMENTATIONS = ("none", "crop_flip")
 
 
 # --------------------------------------------------------------------------------------
@@ -256,3 +255,5 @@ class Part:
     labels: np.ndarray
     class_names: list[str]
     split: str
+    source_channels: int = 0   # the source's own channels (1: all grayscale); 0: the images'
+

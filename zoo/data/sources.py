@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 
 from ..images import (ImageError, as_image_array, check_image_shape, fit_image, fit_images,
-                      image_extensions, read_image)
-from .dataset import (AUGMENTATIONS, DataError, Dataset, ImageFileError, Part, channel_stats,
+                      image_extensions, open_image)
+from .augment import AUTO, AUGMENTATIONS, resolve_augment
+from .dataset import (DataError, Dataset, ImageFileError, Part, channel_stats,
                       check_fraction, check_labels, check_memory, check_seed, stratified_split,
                       warn_empty_classes)
 from .tfds import TFDS_DATASETS, TFDS_PREFIX, TFDSSource
@@ -51,7 +52,7 @@ def _digits(image_shape) -> Part:
     check_memory((len(images), *image_shape), np.float32, "digits")
     images = (images / 16.0)[..., None]     # (1797, 8, 8, 1) float32 in [0, 1]
     return Part(fit_images(images, image_shape, what="digits"), labels,
-                 [str(k) for k in range(10)], "all")
+                [str(k) for k in range(10)], "all", source_channels=1)
 
 
 def _arrays(spec, image_shape, role: str = "train") -> Part:
@@ -78,7 +79,8 @@ def _arrays(spec, image_shape, role: str = "train") -> Part:
     if role == "train":   # validation arrays are matched to the training classes instead
         warn_empty_classes(labels, names, "arrays", "labels imply one class per value 0..max, "
                            "and a class without examples gets no training signal; a typo?")
-    return Part(fit_images(images, image_shape, what="images"), labels, names, "all")
+    return Part(fit_images(images, image_shape, what="images"), labels, names, "all",
+                source_channels=1 if images.shape[-1] in (1, 2) else 3)
 
 
 def _is_within(path: str, folder: str) -> bool:
@@ -166,20 +168,32 @@ def _list_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
     return files, np.asarray(labels, np.int64), classes
 
 
-def _folder(root: str, image_shape) -> Part:
-    """Every image of the folder, read and fitted; any unreadable image file is an error
-    that names it (never silently skipped): a dataset must not shrink unnoticed."""
+#: unreadable files a warning or an error names before "and N more"
+NAMED_FILES = 3
+
+
+def _folder(root: str, image_shape, strict_images: bool = False) -> Part:
+    """Every image of the folder, read and fitted. Unreadable image files (empty,
+    truncated, damaged, not an image) are skipped with one warning that counts and names
+    them, or with ``strict_images`` an :class:`ImageFileError`; a folder left without
+    images, or a class left empty, is an error either way. ``Part.source_channels`` is 1
+    when every image file is grayscale."""
     if image_shape[2] not in (1, 3):
         raise DataError(f"image folders give 1 (grayscale) or 3 (RGB) channels; the model "
                         f"wants {image_shape[2]}")
     files, labels, classes = _list_folder(root)
     check_memory((len(files), *image_shape), np.uint8, f"dataset folder {root!r}")
     images = np.empty((len(files), *image_shape), np.uint8)
+    gray = np.zeros(len(files), bool)
     failed: list[tuple[int, str]] = []
+    mode = {1: "L", 3: "RGB"}[image_shape[2]]
 
     def read(i: int) -> None:
         try:
-            pixels = read_image(files[i], image_shape[2], draft=image_shape[1::-1])
+            im = open_image(files[i], draft=image_shape[1::-1])
+            gray[i] = im.mode == "L"
+            pixels = np.asarray(im.convert(mode))
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
             images[i] = fit_image(pixels, image_shape, what=files[i])
         except (ImageError, OSError) as e:
             failed.append((i, str(e)))
@@ -189,10 +203,23 @@ def _folder(root: str, image_shape) -> Part:
         list(pool.map(read, range(len(files))))
     if failed:
         failed.sort()
-        more = f"; and {len(failed) - 1} more, e.g. {failed[1][1]}" if len(failed) > 1 else ""
-        raise ImageFileError(f"{len(failed)} of {len(files)} image files in {root} cannot be "
-                             f"read; fix or remove them: {failed[0][1]}{more}")
-    return Part(images, labels, classes, "all")
+        named = "; ".join(why for _, why in failed[:NAMED_FILES])
+        more = f"; and {len(failed) - NAMED_FILES} more" if len(failed) > NAMED_FILES else ""
+        head = f"{len(failed)} of {len(files)} image files in {root} cannot be read"
+        if strict_images or len(failed) == len(files):
+            hint = ("" if strict_images else " (none is left)")
+            raise ImageFileError(f"{head}{hint}; fix or remove them: {named}{more}")
+        keep = np.ones(len(files), bool)
+        keep[[i for i, _ in failed]] = False
+        counts = np.bincount(labels[keep], minlength=len(classes))
+        if np.any(counts == 0):
+            empty = [classes[k] for k in np.flatnonzero(counts == 0)]
+            raise ImageFileError(f"{head}, leaving class folder(s) {empty} without an image; "
+                                 f"fix or remove them: {named}{more}")
+        warnings.warn(f"{head} and are skipped ({int(keep.sum())} images remain; "
+                      f"--strict-images makes this an error): {named}{more}", stacklevel=4)
+        images, labels, gray = images[keep], labels[keep], gray[keep]
+    return Part(images, labels, classes, "all", source_channels=1 if gray.all() else 3)
 
 
 def _resolve(spec) -> tuple[str, object]:
@@ -224,21 +251,22 @@ def _resolve(spec) -> tuple[str, object]:
                     f"folder path (one subfolder of images per class)")
 
 
-def _read_source(kind: str, arg, image_shape, data_dir, *, role: str
-                 ) -> tuple[Part, Part | None, str]:
-    """(train part, natural eval part or None, default augmentation). ``role`` "val" reads
-    only what serves as evaluation data: a folder's or arrays' images, a TFDS eval split."""
-    if kind == "digits":
-        return _digits(image_shape), None, "none"
-    if kind == "arrays":
-        part = _arrays(arg, image_shape, role)
-        return part, None, "crop_flip" if part.images.shape[-1] == 3 else "none"
-    if kind == "folder":
-        return _folder(arg, image_shape), None, "crop_flip"
-    source = TFDSSource(arg, data_dir)
-    if role == "val":
-        return source.read(source.eval_split(), image_shape), None, source.default_augment()
-    return source.read("train", image_shape), source, source.default_augment()
+def _read_source(kind: str, arg, image_shape, data_dir, *, role: str,
+                 strict_images: bool = False) -> tuple[Part, Part | None, tuple[str, str]]:
+    """(train part, natural eval part or None, the default augmentation and why). ``role``
+    "val" reads only what serves as evaluation data: a folder's or arrays' images, a TFDS
+    eval split. The default never flips single-channel sources or glyph datasets."""
+    if kind == "tfds":
+        source = TFDSSource(arg, data_dir)
+        auto = source.default_augment(image_shape[:2])
+        if role == "val":
+            return source.read(source.eval_split(), image_shape), None, auto
+        return source.read("train", image_shape), source, auto
+    part = (_digits(image_shape) if kind == "digits" else
+            _arrays(arg, image_shape, role) if kind == "arrays" else
+            _folder(arg, image_shape, strict_images))
+    channels = part.source_channels or part.images.shape[-1]
+    return part, None, resolve_augment(AUTO, channels, image_shape[:2])
 
 
 def _dataset_name(kind: str, arg) -> str:
@@ -250,7 +278,7 @@ def _dataset_name(kind: str, arg) -> str:
 def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
          image_shape: tuple[int, int, int], val_dataset: str | None = None,
          val_fraction: float | None = None, data_dir: str | None = None, seed: int = 0,
-         augment: str | None = None) -> tuple[Dataset, Dataset]:
+         augment: str | None = AUTO, strict_images: bool = False) -> tuple[Dataset, Dataset]:
     """``(train, eval)`` datasets fitted to ``image_shape`` (H, W, C).
 
     ``spec``: ``"digits"``, a TFDS name (:data:`DATASET_CHOICES`, or ``"tfds:NAME"``), a
@@ -259,8 +287,12 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     arrays, or a TFDS name whose test/validation split is used), else a stratified
     ``val_fraction`` of the training data, else the natural held-out part (digits: a 20%
     stratified split; TFDS: "test", or "validation" when there is no test split; folders
-    and arrays: 20%). Splits depend on ``seed`` only. ``augment`` overrides the source's
-    default ("none" or "crop_flip"). A string naming an existing folder is a folder even if
+    and arrays: 20%). Splits depend on ``seed`` only. ``augment``: one of
+    :data:`AUGMENTATIONS`, or ``"auto"``/None for the default (:func:`.augment.choose_augment`
+    on the source's own channels and the input size; glyph datasets never flipped); the
+    choice and why are ``Dataset.augment``/``augment_reason``. ``strict_images``: an
+    unreadable file in a folder is an error instead of skipped with a warning.
+    A string naming an existing folder is a folder even if
     it is also a TFDS name; ``"tfds:NAME"`` forces TFDS. Bad input raises
     :class:`DataError` (a ValueError) with a message for the user.
     """
@@ -270,13 +302,15 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
         val_fraction = check_fraction(val_fraction)
     if val_dataset is not None and val_fraction is not None:
         raise DataError("give either val_dataset or val_fraction, not both")
-    if augment is not None and augment not in AUGMENTATIONS:
-        raise DataError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if augment not in (None, AUTO, *AUGMENTATIONS):
+        raise DataError(f"augment must be one of {(AUTO, *AUGMENTATIONS)}, got {augment!r}")
+    if not isinstance(strict_images, (bool, np.bool_)):
+        raise DataError(f"strict_images is a switch (True/False), got {strict_images!r}")
 
     kind, arg = _resolve(spec)
     name = _dataset_name(kind, arg)
-    train, natural, default_augment = _read_source(kind, arg, image_shape, data_dir,
-                                                   role="train")
+    train, natural, auto = _read_source(kind, arg, image_shape, data_dir, role="train",
+                                        strict_images=bool(strict_images))
     if len(np.unique(train.labels)) < 2 and kind != "folder":
         raise DataError(f"dataset {name!r} has only one class (every label is "
                         f"{int(train.labels[0])}); a classifier needs at least two")
@@ -286,7 +320,8 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
         if kind == vkind == "folder" and os.path.realpath(arg) == os.path.realpath(varg):
             warnings.warn(f"val_dataset {varg!r} is the training folder itself: evaluation "
                           "measures accuracy on training images", stacklevel=2)
-        val, _, _ = _read_source(vkind, varg, image_shape, data_dir, role="val")
+        val, _, _ = _read_source(vkind, varg, image_shape, data_dir, role="val",
+                                 strict_images=bool(strict_images))
         val = _align_classes(val, train.class_names, _dataset_name(vkind, varg), name)
         val.split = f"val_dataset:{_dataset_name(vkind, varg)}"
     elif val_fraction is not None or natural is None:
@@ -302,12 +337,12 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     train.split = "train"
 
     mean, std = channel_stats(train.images)
-    augment = augment or default_augment
+    augment, reason = auto if augment in (None, AUTO) else resolve_augment(augment, 0, 0)
 
     def make(part: Part) -> Dataset:
         return Dataset(images=part.images, labels=part.labels.astype(np.int32),
                        class_names=list(train.class_names), name=name, mean=mean, std=std,
-                       augment=augment, split=part.split)
+                       augment=augment, split=part.split, augment_reason=reason)
 
     return make(train), make(val)
 

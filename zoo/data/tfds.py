@@ -11,10 +11,11 @@ import os
 import numpy as np
 
 from ..images import as_image_array, fit_image, fit_images
+from .augment import AUTO, resolve_augment
 from .dataset import DataError, Part, check_memory
 
-#: TFDS image classification datasets known by name (others: ``"tfds:NAME"``), with the
-#: augmentation that suits them. Glyphs (digits, letters, characters) must not be flipped.
+#: TFDS image classification datasets known by name (others: ``"tfds:NAME"``): "none" marks
+#: glyphs (digits, letters, characters), never flipped; the others' default goes by size.
 TFDS_DATASETS: dict[str, str] = {
     "mnist": "none", "fashion_mnist": "none", "kmnist": "none", "emnist": "none",
     "svhn_cropped": "none", "binary_alpha_digits": "none", "omniglot": "none",
@@ -132,11 +133,13 @@ class TFDSSource:
         self.class_names = list(features[self.label_key].names)
         self.splits = list(info.splits.keys())   # empty under mock_data: any split is accepted
 
-    def default_augment(self) -> str:
+    def default_augment(self, image_size) -> tuple[str, str]:
+        """(augmentation, reason) at the model's ``image_size``: none for the glyph
+        datasets of :data:`TFDS_DATASETS` and single-channel data, else by size."""
         base = self.name.split("/")[0].split(":")[0]
-        if base in TFDS_DATASETS:
-            return TFDS_DATASETS[base]
-        return "crop_flip" if self.image_feature.shape[-1] == 3 else "none"
+        glyphs = f"{base} holds glyphs" if TFDS_DATASETS.get(base) == "none" else None
+        channels = self.image_feature.shape[-1] or 3
+        return resolve_augment(AUTO, channels, image_size, glyphs=glyphs)
 
     def eval_split(self) -> str:
         for split in ("test", "validation"):

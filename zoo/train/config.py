@@ -18,10 +18,13 @@ from typing import Any, Iterable, Mapping
 import jax.numpy as jnp
 
 from .. import checkpoint as ckpt
+from ..data import AUGMENTATIONS, DATA_MODES
 from ..registry import MAX_CLASSES
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: --augment: "auto" picks by the data's channels and the input size (zoo.data.augment)
+AUGMENT_CHOICES = ("auto", *AUGMENTATIONS)
 SCHEDULES = ("constant", "step", "cosine", "linear")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 #: leaf names never weight-decayed: biases and BatchNorm scales (any 0/1-D leaf neither)
@@ -57,6 +60,10 @@ class TrainConfig:
 
     model: str = "lenet5"
     dataset: Any = "digits"            # name, folder path, or (images, labels) via the API
+    augment: str = "auto"              # training augmentation; auto: by channels and size
+    strict_images: bool = False        # an unreadable image in a folder: error, not skipped
+    data_mode: str = "auto"            # memory, stream, or auto: memory when it fits
+    workers: int | None = None         # streaming worker processes; default the CPUs
     data_dir: str | None = None
     val_dataset: str | None = None
     val_fraction: float | None = None
@@ -108,7 +115,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
                 raise ConfigError(f"{flag(name)} must be a non-empty path or name, got {value!r}")
-        for name in ("nesterov", "distributed", "progress"):
+        if self.data_mode not in DATA_MODES:
+            raise ConfigError(f"--data-mode {self.data_mode!r} is not a data mode; choose from: "
+                              f"{', '.join(DATA_MODES)}")
+        if self.augment not in AUGMENT_CHOICES:
+            raise ConfigError(f"--augment {self.augment!r} is not an augmentation; choose from: "
+                              f"{', '.join(AUGMENT_CHOICES)}")
+        for name in ("nesterov", "distributed", "progress", "strict_images"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{flag(name)} is a switch (True/False), got {getattr(self, name)!r}")
         if self.aux_logits is not None and not isinstance(self.aux_logits, bool):
@@ -117,6 +130,7 @@ class TrainConfig:
             _integer(name, getattr(self, name), 1)
         _integer("seed", self.seed, 0, 2**32 - 1)
         _integer("image_size", self.image_size, 1, 1 << 16, optional=True)
+        _integer("workers", self.workers, 0, 1024, optional=True)
         _integer("num_classes", self.num_classes, 1, MAX_CLASSES, optional=True)
         _integer("num_processes", self.num_processes, 1, optional=True)
         _integer("process_id", self.process_id, 0, optional=True)
@@ -268,6 +282,9 @@ def check_given(cfg: TrainConfig, given: Iterable[str]) -> list[str]:
     warnings = []
     if "data_dir" in given and cfg.dataset == "digits" and "val_dataset" not in given:
         warnings.append("--data-dir is ignored: the digits ship with scikit-learn, not TFDS")
+    if "workers" in given and cfg.data_mode == "memory":
+        warnings.append("--workers is ignored with --data-mode memory: only streamed data "
+                        "uses worker processes")
     return warnings
 
 

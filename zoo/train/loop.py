@@ -29,12 +29,27 @@ def _shard_args() -> dict:
     return dict(num_shards=jax.process_count(), shard_index=jax.process_index())
 
 
+def epoch_batches(ds, cfg, *, train: bool, epoch: int, mean, std, drop_remainder: bool):
+    """This process's batches of one epoch from either path: a :class:`zoo.data.Dataset`
+    (in memory) or a :class:`zoo.data.StreamSet` (streamed by ``cfg.workers`` processes);
+    both are pure functions of ``(seed, epoch)`` and yield ``(x, y)`` alike."""
+    data = data_module()
+    seed = cfg.seed if train else 0
+    if isinstance(ds, data.StreamSet):
+        return data.stream_batches(ds, batch_size=cfg.batch_size, image_size=ds.image_shape,
+                                   train=train, seed=seed, epoch=epoch, workers=cfg.workers,
+                                   shard=(jax.process_index(), jax.process_count()),
+                                   mean=mean, std=std, drop_remainder=drop_remainder)
+    return data.batches(ds, cfg.batch_size, train=train, seed=seed, epoch=epoch, mean=mean,
+                        std=std, drop_remainder=drop_remainder, **_shard_args())
+
+
 def eval_batches(trainer: Trainer, ds, *, mean, std):
     """Padded eval batches ``(x, y, mask)``: this process's rows of each global batch, the
     last one zero-padded (mask 0) so that shapes never change (one compilation)."""
     bs = trainer.local_batch
-    for x, y in data_module().batches(ds, trainer.cfg.batch_size, train=False, seed=0, epoch=0,
-                                mean=mean, std=std, drop_remainder=False, **_shard_args()):
+    for x, y in epoch_batches(ds, trainer.cfg, train=False, epoch=0, mean=mean, std=std,
+                              drop_remainder=False):
         n = len(y)
         if n < bs:
             x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
@@ -46,7 +61,7 @@ def evaluate(trainer: Trainer, params, state, ds, *, mean, std, predictions: boo
     """``{"loss", "accuracy", "count"}`` of ``ds`` (plus ``"predictions"`` and ``"labels"``
     when asked; single-process only)."""
     loss = correct = count = 0.0
-    preds = []
+    preds, labels = [], []
     for x, y, mask in eval_batches(trainer, ds, mean=mean, std=std):
         xg, yg, mg = trainer.put_batch(x, y, mask)
         sums, pred = trainer.eval_step(params, state, xg, yg, mg)
@@ -56,10 +71,11 @@ def evaluate(trainer: Trainer, params, state, ds, *, mean, std, predictions: boo
         count += float(sums["count"])
         if predictions:
             preds.append(np.asarray(pred)[mask > 0])
+            labels.append(y[mask > 0])
     out = {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
     if predictions:
         out["predictions"] = np.concatenate(preds) if preds else np.zeros((0,), np.int32)
-        out["labels"] = np.asarray(ds.labels)
+        out["labels"] = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     return out
 
 
@@ -92,7 +108,6 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
     from tqdm.auto import tqdm
 
     cfg = trainer.cfg
-    data = data_module()
     history = list(history or [])
     spe = trainer.steps_per_epoch
     total_steps = cfg.epochs * spe
@@ -137,9 +152,8 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
                                 img_s=f"{rate:,.0f}", refresh=False)
                 pending.clear()
 
-            batches = data.batches(train_ds, cfg.batch_size, train=True, seed=cfg.seed,
-                                   epoch=epoch, mean=mean, std=std, drop_remainder=True,
-                                   **_shard_args())
+            batches = epoch_batches(train_ds, cfg, train=True, epoch=epoch, mean=mean, std=std,
+                                    drop_remainder=True)
             for x, y in batches:
                 xg, yg = trainer.put_batch(x, y.astype(np.int32))
                 ts, m = trainer.train_step(ts, xg, yg)

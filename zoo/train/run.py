@@ -71,18 +71,30 @@ def prepare(cfg: TrainConfig, *, model=None, data=None) -> dict:
     if cfg.image_size:
         h = w = int(cfg.image_size)
     image_shape = (h, w, c)
+    plan = dmod.DataPlan("memory", "Datasets given through the API")
     if data is not None:
         train_ds, eval_ds = data
+        if isinstance(train_ds, dmod.StreamSet):
+            plan = dmod.DataPlan("stream", "StreamSets given through the API")
+        if cfg.augment != "auto":      # a setting given overrides the Dataset's own
+            train_ds = dataclasses.replace(train_ds, augment=cfg.augment,
+                                           augment_reason="chosen with --augment")
     else:
         try:
-            train_ds, eval_ds = dmod.load(cfg.dataset, image_shape=image_shape,
+            plan = dmod.plan_data(_data_mode(cfg), cfg.dataset, image_shape=image_shape,
+                                  val_dataset=cfg.val_dataset, val_fraction=cfg.val_fraction,
+                                  data_dir=cfg.data_dir, seed=cfg.seed, augment=cfg.augment,
+                                  strict_images=cfg.strict_images,
+                                  memory_bytes=_first_process_memory(dmod))
+            train_ds, eval_ds = plan.sets or dmod.load(cfg.dataset, image_shape=image_shape,
                                           val_dataset=cfg.val_dataset,
                                           val_fraction=cfg.val_fraction,
-                                          data_dir=cfg.data_dir, seed=cfg.seed)
+                                          data_dir=cfg.data_dir, seed=cfg.seed,
+                                          augment=cfg.augment, strict_images=cfg.strict_images)
         except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
             raise ConfigError(str(e)) from e
-    if tuple(train_ds.images.shape[1:]) != image_shape:
-        raise ConfigError(f"the data's images are {tuple(train_ds.images.shape[1:])}, the model "
+    if tuple(train_ds.image_shape) != image_shape:
+        raise ConfigError(f"the data's images are {tuple(train_ds.image_shape)}, the model "
                           f"needs {image_shape}")
     classes = _as_classes(train_ds)
     num_classes = classes if cfg.num_classes is None else int(cfg.num_classes)
@@ -90,7 +102,7 @@ def prepare(cfg: TrainConfig, *, model=None, data=None) -> dict:
         names = ", ".join(map(str, train_ds.class_names[:12])) + (", ..." if classes > 12 else "")
         raise ConfigError(f"--num-classes {num_classes} is smaller than the {classes} classes of "
                           f"the data ({names}): drop it, or give at least {classes}")
-    top = int(max(np.max(train_ds.labels), np.max(eval_ds.labels) if len(eval_ds) else 0))
+    top = max(_top_label(train_ds), _top_label(eval_ds))   # streamed TFDS: unknown, -1
     if top >= num_classes:
         raise ConfigError(f"--num-classes {num_classes} is too small: the data has label {top} "
                           f"({classes} classes)")
@@ -120,7 +132,36 @@ def prepare(cfg: TrainConfig, *, model=None, data=None) -> dict:
         raise ConfigError(f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]} images cannot be "
                           f"fed to {model.name}: {e}") from e
     return dict(model=model, train_ds=train_ds, eval_ds=eval_ds, image_shape=image_shape,
-                num_classes=num_classes, abstract=abstract)
+                num_classes=num_classes, abstract=abstract, plan=plan)
+
+
+def _top_label(ds) -> int:
+    labels = ds.labels
+    return int(np.max(labels)) if labels is not None and len(labels) else -1
+
+
+def _first_process_memory(dmod) -> int | None:
+    """Process 0's memory in a multi-host run (None in one process): ``auto`` then picks
+    the same data path on every host, as the two paths prepare images differently."""
+    if jax.process_count() == 1:
+        return None
+    from jax.experimental import multihost_utils
+    mine = dmod.memory_bytes() or 0
+    return int(multihost_utils.broadcast_one_to_all(np.int64(mine))) or None
+
+
+def _data_mode(cfg: TrainConfig) -> str:
+    """``cfg.data_mode``; for a resumed ``auto`` run, the mode its first part resolved (the
+    two paths normalise and augment differently, so a resume never switches)."""
+    if cfg.resume and cfg.data_mode == "auto":
+        try:
+            with open(os.path.join(cfg.resume, "config.json"), "rb") as f:
+                mode = json.loads(f.read().decode("utf-8"))["resolved"]["data_mode"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return cfg.data_mode    # a run from before the choice existed: in memory
+        if mode in ("memory", "stream"):
+            return mode
+    return cfg.data_mode
 
 
 def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: int | None = None,
@@ -176,10 +217,15 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     log(f"model {model.name}: {num_params:,} params, input {'x'.join(map(str, setup['image_shape']))}, "
         f"{setup['num_classes']} classes")
     log(f"data {train_all.name}: {len(train_all):,} train / {len(eval_all):,} eval images "
-        f"({_split_name(eval_all)}), {len(train_all.class_names)} classes, augment {train_all.augment}")
+        f"({_split_name(eval_all)}), {len(train_all.class_names)} classes, augment "
+        f"{train_all.augment}" + (f" ({train_all.augment_reason})"
+                                  if getattr(train_all, "augment_reason", "") else ""))
     log(f"devices: {len(devices)} x {'/'.join(device_kinds)} in {jax.process_count()} process(es); "
         f"batch {cfg.batch_size} ({cfg.batch_size // len(devices)} per device), {spe} steps/epoch, "
         f"{cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.dtype}")
+    plan = setup["plan"]
+    log(f"input: {plan.mode}" + (f" with {_workers(cfg)} worker process(es)"
+                                 if plan.mode == "stream" else "") + f" ({plan.reason})")
     if cfg.freeze:
         n_frozen = sum(int(np.prod(np.shape(x))) for x, f in zip(
             jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(trainer.frozen)) if f)
@@ -189,7 +235,9 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         "model": model.name, "config": model.metadata(), "num_classes": setup["num_classes"],
         "input_shape": list(setup["image_shape"]), "mean": list(mean), "std": list(std),
         "class_names": list(train_all.class_names), "dataset": _dataset_label(cfg.dataset),
-        "settings": cfg.to_json()}
+        "settings": cfg.to_json(),
+        # the input's position is (seed, epoch, batch): epoch and step are saved beside it
+        "data": {"mode": plan.mode, "seed": cfg.seed, "batch_in_epoch": 0}}
     history, start_epoch = [], 0
     if cfg.resume:
         template = _state_dict(trainer.state_template(variables))
@@ -200,6 +248,10 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
             raise ConfigError(f"--resume {run_dir}: {e}") from None
         ts = trainer.place_state(TrainState(**restored))
         history, start_epoch = list(meta.get("metrics", [])), int(meta["epoch"])
+        if int(restored["step"]) != start_epoch * spe:
+            raise ConfigError(f"--resume {run_dir}: {latest} ends epoch {start_epoch} at step "
+                              f"{int(restored['step'])}, not at {start_epoch} x {spe} steps: "
+                              f"the data would not continue where it stopped")
         log(f"resumed {latest}: epoch {start_epoch}, step {int(restored['step'])}")
         if is_main():
             write_jsonl(os.path.join(run_dir, "metrics.jsonl"), history)
@@ -219,6 +271,8 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
                         "output_dir": run_dir, "image_shape": setup["image_shape"],
                         "num_classes": setup["num_classes"], "class_names": train_all.class_names,
                         "mean": mean, "std": std, "train_size": len(train_all),
+                        "augment": train_all.augment,
+                        "data_mode": plan.mode, "decoded_bytes": plan.decoded_bytes,
                         "eval_size": len(eval_all), "eval_split": _split_name(eval_all),
                         "steps_per_epoch": spe, "num_params": num_params,
                         "devices": [str(d) for d in devices], "process_count": jax.process_count(),
@@ -239,6 +293,10 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
         raise
     return finalize(run_dir, cfg, history, manager, eval_all, t_start,
                     num_params=num_params, completed=len(history) >= cfg.epochs)
+
+
+def _workers(cfg: TrainConfig) -> int:
+    return data_module().stream.default_workers() if cfg.workers is None else cfg.workers
 
 
 def _check_resumable(meta: dict) -> None:

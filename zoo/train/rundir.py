@@ -22,7 +22,8 @@ from .config import ConfigError, TrainConfig, as_config, flag
 
 #: settings that may change when resuming a run (anything else must match its config.json)
 RESUME_OVERRIDES = ("epochs", "keep", "distributed", "coordinator", "num_processes",
-                    "process_id", "distributed_timeout", "data_dir", "progress", "log_every")
+                    "process_id", "distributed_timeout", "data_dir", "progress", "log_every",
+                    "workers")
 #: settings a run's config.json must hold: without them it cannot be the record of a run
 REQUIRED_SETTINGS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr",
                      "schedule", "seed")
