@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "script"]
 #: command -> (module, one-line help)
 COMMANDS = {
     "train": (train, "train a model (default: lenet5 on the digits that ship with scikit-learn)"),
-    "evaluate": (evaluate, "evaluate a training run's best checkpoint"),
+    "evaluate": (evaluate, "evaluate a training run's best checkpoint, or weights on a dataset"),
     "predict": (predict, "top classes of images under pretrained weights"),
     "visualize": (visualize, "filters, activations and fully-convolutional score maps"),
     "benchmark": (benchmark, "speed against torch, interleaved, with the matmul peak"),

@@ -36,6 +36,7 @@ error naming the URL and the exact path to put the file at.
 """
 from ..images import Transforms
 from ..registry import WeightSpec
+from .evaluate import evaluate_weights
 from .hub import WeightsNotFoundError, cache_dir, fetch, sha256_file
 from .load import check_metadata, classify, load, load_for_finetuning, package_run
 from .specs import get_weights, imagenet_classes, list_weights
@@ -45,7 +46,7 @@ from .torchvision import (convert_state_dict, load_torchvision, read_state_dict,
 __all__ = ["Transforms", "WeightSpec", "WeightsNotFoundError", "cache_dir", "check_metadata",
            "classify",
            "convert_state_dict",
-           "fetch", "get_weights", "imagenet_classes", "list_weights", "load",
+           "evaluate_weights", "fetch", "get_weights", "imagenet_classes", "list_weights", "load",
            "load_for_finetuning", "load_torchvision", "package_run", "read_state_dict",
            "sha256_file", "to_torchvision_state_dict", "torchvision_key_map",
            "torchvision_rules"]
