@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import zoo
 from zoo import bench, cli, kernels
@@ -56,3 +57,59 @@ def test_has_scanned_runs_tells_which_programs_hold_a_scan():
     assert not bench.has_scanned_runs(zoo.create("resnet50", num_classes=10), (1, 32, 32, 3))
     unrolled = resnet152.with_policy(resnet152.policy.replace(scan_min_run=0))
     assert not bench.has_scanned_runs(unrolled, (1, 32, 32, 3))
+
+
+def _photo_folder(root, n=12, classes=2):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    return root
+
+
+def test_input_pipeline_smoke_reports_both_rates_and_the_ratio(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    folder = _photo_folder(tmp_path / "photos")
+    out = tmp_path / "bench.json"
+    assert cli.main(["benchmark", "--input-pipeline", str(folder), "--workers", "0", "--reps", "1",
+                     "--pipeline-batches", "2", "--pipeline-batch-size", "4",
+                     "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["targets"] == [] and data["peaks"] == {}   # the pipeline alone
+    p = data["input_pipeline"]
+    assert (p["images"], p["torch_images"], p["workers"], p["batches"], p["rounds"]) == \
+        (12, 12, 0, 2, 1)
+    for name in ("zoo", "torch"):
+        assert p[name]["img_s"]["median"] > 0 and len(p[name]["img_s"]["rounds"]) == 1
+        assert p[name]["first_batch_s"]["median"] > 0
+        assert p["stages_ms_per_image"][name]["decode_ms"] > 0
+    assert p["ratio"]["median"] > 0 and len(p["ratio"]["rounds"]) == 1
+    assert p["steady_ratio"]["median"] > 0
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(workers=4), ValueError, "--workers applies only with --input-pipeline"),
+    (dict(pipeline_batches=5), ValueError,
+     "--pipeline-batches applies only with --input-pipeline"),
+    (dict(input_pipeline="/no/such/folder"), FileNotFoundError,
+     "'/no/such/folder': no such folder"),
+    (dict(input_pipeline=".", workers=-1), ValueError, "--workers must be an integer >= 0, got -1"),
+    (dict(input_pipeline=".", pipeline_batches=1), ValueError,
+     "--pipeline-batches must be an integer >= 2, got 1"),
+])
+def test_input_pipeline_options_are_checked_before_measuring(options, error, match):
+    with pytest.raises(error, match=match):
+        bench.Options(**options).validate()
+
+
+def test_input_pipeline_too_few_images_is_an_error(tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    folder = _photo_folder(tmp_path / "photos", n=6)
+    assert cli.main(["benchmark", "--input-pipeline", str(folder), "--workers", "0",
+                     "--pipeline-batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --input-pipeline" in err and "6 images make 1 batch(es)" in err
+    assert "Traceback" not in err

@@ -6,6 +6,7 @@ side by side in one process (``zoo benchmark``).
 - :mod:`.levers`: a model's conv choices and the policy variants that change them;
 - :mod:`.dense_eval`: a fully-convolutional net against the crops it stands for;
 - :mod:`.compile`: train-step compile time, scanned and unrolled;
+- :mod:`.pipeline`: zoo's streaming loader against torch's DataLoader on an image folder;
 - :mod:`.suite`: a whole run (:func:`run` with :class:`Options`).
 
 Timing: medians of at least 5 timed repetitions after warm-up, each ending in
@@ -15,6 +16,7 @@ shared: compare ratios within a run, not across runs).
 from .compile import run_compile_report, scan_step_times
 from .dense_eval import HEAD_VARIANTS, benchmark_dense_eval, format_benchmark
 from .levers import LEVER_VARIANTS, conv_choices, lever_variants
+from .pipeline import run_input_pipeline
 from .runners import compile_seconds, has_scanned_runs, jax_runner, torch_model, torch_runner
 from .suite import DEFAULT_TARGETS, Options, parse_target, run, target_name
 from .timing import Runner, interleaved, machine, matmul_peak, stats, time_calls
@@ -22,5 +24,6 @@ from .timing import Runner, interleaved, machine, matmul_peak, stats, time_calls
 __all__ = ["DEFAULT_TARGETS", "HEAD_VARIANTS", "LEVER_VARIANTS", "Options", "Runner",
            "benchmark_dense_eval", "compile_seconds", "conv_choices", "format_benchmark",
            "has_scanned_runs", "interleaved", "jax_runner", "lever_variants", "machine",
-           "matmul_peak", "parse_target", "run", "run_compile_report", "scan_step_times",
-           "stats", "target_name", "time_calls", "torch_model", "torch_runner"]
+           "matmul_peak", "parse_target", "run", "run_compile_report", "run_input_pipeline",
+           "scan_step_times", "stats", "target_name", "time_calls", "torch_model",
+           "torch_runner"]

@@ -20,6 +20,7 @@ from ..summary import summary
 from .dense_eval import benchmark_dense_eval
 from .compile import run_compile_report
 from .levers import conv_choices, lever_variants
+from .pipeline import check_folder, run_input_pipeline
 from .runners import jax_runner, torch_runner
 from .timing import interleaved, machine, matmul_peak, stats
 
@@ -57,6 +58,10 @@ class Options:
     scan_steps: int = 0
     no_peak: bool = False
     peak_size: int | None = None
+    input_pipeline: str | None = None  # a folder: zoo's streaming loader against torch's
+    workers: int = 2                   # worker processes of both loaders (0: in process)
+    pipeline_batches: int = 20         # batches per loader per round
+    pipeline_batch_size: int = 32
     json: str | None = None
 
     def validate(self) -> "Options":
@@ -64,7 +69,8 @@ class Options:
         that contradict each other, before anything is measured: a ``ValueError`` naming
         the flag."""
         for name, low in (("reps", 1), ("torch_threads", 1), ("fully_conv_size", 1),
-                          ("compile_rounds", 1), ("scan_steps", 0), ("peak_size", 1)):
+                          ("compile_rounds", 1), ("scan_steps", 0), ("peak_size", 1),
+                          ("workers", 0), ("pipeline_batches", 2), ("pipeline_batch_size", 1)):
             value = getattr(self, name)
             if value is None and name == "peak_size":
                 continue
@@ -89,6 +95,8 @@ class Options:
             for model in getattr(self, name) or ():
                 _check_model(model, _flag(name))
         self._contradictions()
+        if self.input_pipeline is not None:
+            check_folder(self.input_pipeline)
         for spec in () if self.models else (DEFAULT_TARGETS if self.targets is None
                                             else self.targets):
             _check_model(parse_target(spec, "float32")["model"], f"--targets {spec!r}")
@@ -107,7 +115,11 @@ class Options:
         for name, needs, switch in (("compile_rounds", "compile_report", "--compile-report"),
                                     ("scan_steps", "compile_report", "--compile-report"),
                                     ("fully_conv_size", "fully_conv", "--fully-conv"),
-                                    ("torch_threads", "compare_torch", "--compare-torch")):
+                                    ("torch_threads", "compare_torch", "--compare-torch"),
+                                    ("workers", "input_pipeline", "--input-pipeline"),
+                                    ("pipeline_batches", "input_pipeline", "--input-pipeline"),
+                                    ("pipeline_batch_size", "input_pipeline",
+                                     "--input-pipeline")):
             if getattr(self, name) != getattr(default, name) and not getattr(self, needs):
                 raise ValueError(f"{_flag(name)} applies only with {switch}")
         if self.peak_size is not None and self.no_peak:
@@ -172,7 +184,8 @@ def targets_from(args) -> list[dict]:
                         for b in args.batch_sizes:
                             out.append(parse_target(f"{m}:{mode}:{s}:{b}", dtype))
         else:
-            for spec in (DEFAULT_TARGETS if args.targets is None else args.targets):
+            default = [] if args.input_pipeline else DEFAULT_TARGETS   # the pipeline alone
+            for spec in (default if args.targets is None else args.targets):
                 out.append(parse_target(spec, dtype))
     return out
 
@@ -257,7 +270,7 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
         f"jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {results['machine'].get('torch', 'absent')}")
     n = args.peak_size or (2048 if jax.default_backend() == "cpu" else 8192)
-    if not args.no_peak:
+    if not args.no_peak and (targets or not args.input_pipeline):
         for dtype in sorted({t["dtype"] for t in targets} | {"float32"}):
             results["peaks"][dtype] = matmul_peak(dtype, n=n, reps=max(args.reps, 3))
             log(f"jnp.dot {n}^2 peak, {dtype}{' (f32 accumulation)' if dtype != 'float32' else ''}: "
@@ -267,6 +280,11 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
         save(results, args.json)  # a long run killed midway keeps what it measured
     if args.fully_conv:
         results["fully_conv"] = run_fully_conv(args, log)
+        save(results, args.json)
+    if args.input_pipeline:
+        results["input_pipeline"] = run_input_pipeline(
+            args.input_pipeline, workers=args.workers, batch_size=args.pipeline_batch_size,
+            batches=args.pipeline_batches, rounds=args.reps, log=log)
         save(results, args.json)
     if args.compile_report:
         results["compile_report"] = run_compile_report(args.compile_report, log, args.scan_steps,

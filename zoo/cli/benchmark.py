@@ -7,6 +7,7 @@ round by round (:func:`zoo.bench.run`; docs/benchmarks.md).
     zoo benchmark --models resnet18 --modes train --image-sizes 32 --batch-sizes 32 \\
         --dtypes float32 bfloat16 --compare-torch
     zoo benchmark --targets --compile-report resnet18 resnet50 resnet152
+    zoo benchmark --input-pipeline photos/ --workers 2 --reps 5
 
 A target is ``MODEL:MODE:SIZE:BATCH`` plus optional ``:classes=N``, ``:opt=adam|sgd``.
 Numbers are facts of one shared machine at one time: compare the ratios within a run.
@@ -59,6 +60,17 @@ def add_arguments(p, name: str) -> None:
     p.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
     p.add_argument("--peak-size", type=int, default=None,
                    help="matmul size of the peak measurement (default 2048 on CPU, 8192 otherwise)")
+    p.add_argument("--input-pipeline", metavar="FOLDER",
+                   help="time zoo's streaming loader (decode, random resized crop to 224, flip, "
+                        "normalise) against torch's DataLoader over torchvision's ImageFolder "
+                        "on FOLDER (class subfolders), --reps rounds interleaved; alone unless "
+                        "--targets/--models are given")
+    p.add_argument("--workers", type=int, default=2,
+                   help="with --input-pipeline: worker processes of both loaders (0: in process)")
+    p.add_argument("--pipeline-batches", type=int, default=20, metavar="N",
+                   help="with --input-pipeline: batches per loader per round")
+    p.add_argument("--pipeline-batch-size", type=int, default=32, metavar="N",
+                   help="with --input-pipeline: images per batch")
     p.add_argument("--json", metavar="FILE", type=output_file, help="write every figure to FILE")
 
 

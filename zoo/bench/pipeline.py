@@ -1,0 +1,320 @@
+"""The input-pipeline benchmark: zoo's streaming loader (:func:`zoo.data.stream_batches`)
+against torch's ``DataLoader`` over torchvision's ``ImageFolder``, the same folder,
+transforms (decode, random resized crop, flip, normalise), batch size and worker count,
+interleaved round by round (``zoo benchmark --input-pipeline FOLDER``).
+
+A round is one fresh iterator of each loader (a new epoch: a new order and new crops),
+``batches`` batches long: its time counts the workers' start and the first batch (reported
+apart too) and ends when the last batch is in the consumer's hands. The ratio is zoo time
+/ torch time per round: below 1.0 zoo is faster. Where the time goes is measured alone, one
+image at a time in this process: decode, crop + resize + flip, to float + normalise, and
+the batch's passage from the workers (a batch already made, carried by each loader's own
+worker machinery)."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+
+#: images per loader timed for each stage of the breakdown
+STAGE_SAMPLE = 48
+
+
+def _spread(values) -> dict:
+    return dict(median=statistics.median(values), min=min(values), max=max(values),
+                rounds=list(values))
+
+
+def check_folder(folder) -> str:
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"--input-pipeline takes a folder of class subfolders, got {folder!r}")
+    folder = os.fspath(folder)
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"--input-pipeline {folder!r}: no such folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--input-pipeline {folder!r} is not a folder (it takes a folder of "
+                         f"class subfolders of images)")
+    return folder
+
+
+class ZooLoader:
+    """zoo's streaming loader over every image of ``folder``: random_resized_crop to
+    ``size``, flip, the ImageNet normalisation; epoch ``k`` is a fresh iterator."""
+
+    name = "zoo"
+
+    def __init__(self, folder, *, size, batch_size, workers, seed):
+        from ..data import stream_batches
+
+        self.kw = dict(batch_size=batch_size, image_size=size, train=True,
+                       augment="random_resized_crop", seed=seed, workers=workers,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        with warnings.catch_warnings():   # the train/val split's notes: every image is read
+            warnings.simplefilter("ignore")
+            first = stream_batches(folder, **self.kw)   # lists the folder once
+        self.set, self.images, self.batches = first.ds, len(first.ds), len(first)
+
+    def epoch(self, k: int):
+        from ..data import stream_batches
+
+        it = iter(stream_batches(self.set, epoch=k, **self.kw))
+        return it, it.close
+
+
+class TorchLoader:
+    """``DataLoader(ImageFolder(folder, RandomResizedCrop, RandomHorizontalFlip, ToTensor,
+    Normalize), shuffle=True, drop_last=True)`` with ``workers`` worker processes."""
+
+    name = "torch"
+
+    def __init__(self, folder, *, size, batch_size, workers, seed):
+        try:
+            import torch
+            from torchvision import datasets, transforms as T
+        except ImportError as e:
+            raise ImportError(f"--input-pipeline compares with torchvision's ImageFolder and "
+                              f"torch's DataLoader: install torch and torchvision ({e})") from None
+        self.torch, self.seed = torch, seed
+        tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.dataset = datasets.ImageFolder(folder, transform=tf)
+        self.batch_size, self.workers = batch_size, workers
+        self.images = len(self.dataset)
+        self.batches = self.images // batch_size
+
+    def epoch(self, k: int):
+        g = self.torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + k)
+        loader = self.torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+            num_workers=self.workers, generator=g)
+        with warnings.catch_warnings():   # its forked workers run torch only, never JAX
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            it = iter(loader)
+        return it, getattr(it, "_shutdown_workers", lambda: None)
+
+
+def time_round(loader, epoch: int, batches: int) -> dict:
+    """Seconds of one fresh iterator's first batch and of ``batches`` batches in all."""
+    t0 = time.perf_counter()
+    it, close = loader.epoch(epoch)
+    try:
+        x, _ = next(it)
+        first = time.perf_counter() - t0
+        shape = tuple(x.shape)
+        for _ in range(batches - 1):
+            x, _ = next(it)
+        total = time.perf_counter() - t0
+    finally:
+        close()
+    return dict(first_s=first, total_s=total, shape=shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Where the time goes.
+
+def _per_image_ms(fn, items) -> tuple[float, list]:
+    t0 = time.perf_counter()
+    out = [fn(a) for a in items]
+    return 1e3 * (time.perf_counter() - t0) / len(items), out
+
+
+def stage_costs(zoo: ZooLoader, tl: TorchLoader, size: int, batch_size: int,
+                seed: int = 0) -> dict:
+    """Milliseconds per image of each stage, one image at a time in this process (torch on
+    one thread, as in its workers), on the same :data:`STAGE_SAMPLE` files read by each
+    library's own code."""
+    import torch
+    from torchvision import transforms as T
+    from torchvision.datasets.folder import default_loader
+
+    from ..data.augment import random_resized_crop
+
+    reader = zoo.set.reader
+    pick = np.random.default_rng(seed).choice(len(reader), min(STAGE_SAMPLE, len(reader)),
+                                              replace=False)
+    files = [reader.name(int(i)) for i in pick]
+    for f in files:   # from the page cache for both
+        with open(f, "rb") as fh:
+            fh.read()
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    inv_std = (1 / np.asarray(IMAGENET_STD, np.float32)).astype(np.float32)
+    rngs = [np.random.default_rng([seed, int(i)]) for i in pick]
+    out = dict(zoo={}, torch={})
+
+    z = out["zoo"]
+    z["decode_ms"], pixels = _per_image_ms(lambda i: reader.read(int(i))[0], pick)
+    z["crop_resize_flip_ms"], crops = _per_image_ms(
+        lambda a: random_resized_crop(a[0], a[1], (size, size)), list(zip(pixels, rngs)))
+
+    def zoo_norm(p):
+        x = p.astype(np.float32)
+        x *= np.float32(1 / 255)
+        x -= mean
+        x *= inv_std
+        return x
+    z["normalise_ms"], floats = _per_image_ms(zoo_norm, crops)
+    t0 = time.perf_counter()
+    for s in range(0, len(floats), batch_size):
+        np.stack(floats[s:s + batch_size])
+    z["collate_ms"] = 1e3 * (time.perf_counter() - t0) / len(floats)
+
+    t = out["torch"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as in DataLoader's workers
+    crop_flip = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip()])
+    to_norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    torch.manual_seed(seed)
+    t["decode_ms"], ims = _per_image_ms(default_loader, files)
+    t["crop_resize_flip_ms"], crops = _per_image_ms(crop_flip, ims)
+    t["normalise_ms"], tensors = _per_image_ms(to_norm, crops)
+    t0 = time.perf_counter()
+    for s in range(0, len(tensors), batch_size):
+        torch.stack(tensors[s:s + batch_size])
+    t["collate_ms"] = 1e3 * (time.perf_counter() - t0) / len(tensors)
+    torch.set_num_threads(threads)
+    for d in out.values():
+        d["total_ms"] = sum(d.values())
+    return out
+
+
+class _MadeBatch:
+    """A batch already made (zeros of the loader's shape): what remains is its passage."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def __call__(self, _):
+        return np.zeros(self.shape, np.float32), np.zeros(self.shape[:1], np.int32)
+
+
+class _MadeImage:
+    def __init__(self, shape, n):
+        self.shape, self.n = tuple(shape), n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import torch
+        return torch.zeros(self.shape), 0
+
+
+def transfer_costs(workers: int, batch_shape, batches: int) -> dict:
+    """Milliseconds per image for ``batches`` made batches of ``batch_shape`` (N, H, W, C)
+    to reach this process through each loader's worker machinery (Grain's processes and
+    shared memory as :class:`zoo.data.stream.StreamBatches` sets them up; torch's
+    DataLoader collating in its workers), the workers' start excluded."""
+    import grain.python as grain
+    import torch
+
+    from ..data.stream import WORKER_BUFFER
+
+    n = batch_shape[0]
+    out = {}
+    ds = grain.MapDataset.range(batches + 1).map(_MadeBatch(batch_shape)).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_BUFFER))
+    if workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=WORKER_BUFFER))
+    it = iter(ds)
+    try:
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            np.asarray(next(it)[0])
+        out["zoo"] = 1e3 * (time.perf_counter() - t0) / (batches * n)
+    finally:
+        getattr(it, "close", lambda: None)()
+    chw = (batch_shape[3], batch_shape[1], batch_shape[2])
+    loader = torch.utils.data.DataLoader(_MadeImage(chw, (batches + 1) * n), batch_size=n,
+                                         num_workers=workers)
+    with warnings.catch_warnings():   # as in TorchLoader.epoch
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        it = iter(loader)
+    try:
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        out["torch"] = 1e3 * (time.perf_counter() - t0) / (batches * n)
+    finally:
+        getattr(it, "_shutdown_workers", lambda: None)()
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+
+def run_input_pipeline(folder, *, workers: int = 2, batch_size: int = 32, batches: int = 20,
+                       rounds: int = 5, size: int = 224, seed: int = 0, breakdown: bool = True,
+                       log: Callable = print) -> dict:
+    """zoo's streaming loader against torch's DataLoader on ``folder``, ``rounds`` rounds
+    of ``batches`` batches each, alternating which goes first. Returns images/s (median,
+    min, max, per round) of each, the first-batch seconds, and per round the ratio zoo time
+    / torch time, over the whole round and after the first batch; with ``breakdown`` the
+    per-stage costs (:func:`stage_costs`, :func:`transfer_costs`)."""
+    folder = check_folder(folder)
+    kw = dict(size=size, batch_size=batch_size, workers=workers, seed=seed)
+    loaders = [ZooLoader(folder, **kw), TorchLoader(folder, **kw)]
+    zl, tl = loaders
+    if zl.images != tl.images:
+        log(f"   note: zoo lists {zl.images} images, torchvision's ImageFolder {tl.images}")
+    available = min(zl.batches, tl.batches)
+    if available < 2:
+        raise ValueError(f"--input-pipeline {folder!r}: {min(zl.images, tl.images)} images make "
+                         f"{available} batch(es) of --pipeline-batch-size {batch_size}; the "
+                         f"benchmark needs at least 2 (a first batch and one after it)")
+    if batches > available:
+        log(f"   {batches} batches asked, the folder makes {available} of {batch_size}: "
+            f"timing {available}")
+        batches = available
+    log(f"\n== input pipeline: {folder} ({zl.images} images), {batches} batches of "
+        f"{batch_size} at {size}px per round, {workers} worker(s), {rounds} round(s)")
+    for f in zl.set.reader.files:   # every round reads from the page cache
+        with open(f, "rb") as fh:
+            fh.read()
+    times = {lo.name: [] for lo in loaders}
+    shape = None
+    for k in range(rounds):
+        for lo in (loaders if k % 2 == 0 else loaders[::-1]):
+            r = time_round(lo, k, batches)
+            times[lo.name].append(r)
+            shape = shape or r["shape"]
+    images = batches * batch_size
+    result = dict(folder=folder, images=zl.images, torch_images=tl.images, workers=workers,
+                  batch_size=batch_size, batches=batches, rounds=rounds, size=size)
+    for name, rs in times.items():
+        result[name] = dict(
+            img_s=_spread([images / r["total_s"] for r in rs]),
+            steady_img_s=_spread([(images - batch_size) / (r["total_s"] - r["first_s"])
+                                  for r in rs]),
+            first_batch_s=_spread([r["first_s"] for r in rs]))
+    zt, tt = times["zoo"], times["torch"]
+    result["ratio"] = _spread([a["total_s"] / b["total_s"] for a, b in zip(zt, tt)])
+    result["steady_ratio"] = _spread([(a["total_s"] - a["first_s"]) / (b["total_s"] - b["first_s"])
+                                      for a, b in zip(zt, tt)])
+    for name in ("zoo", "torch"):
+        s = result[name]
+        log(f"   {name:6s} {s['img_s']['median']:7.1f} img/s (min {s['img_s']['min']:.1f}, max "
+            f"{s['img_s']['max']:.1f}); after the first batch {s['steady_img_s']['median']:.1f}; "
+            f"first batch {s['first_batch_s']['median']:.2f} s")
+    for key, what in (("ratio", "whole round"), ("steady_ratio", "after the first batch")):
+        v = result[key]
+        log(f"   time zoo/torch, {what}: {v['median']:.2f}  (rounds: "
+            f"{' '.join(f'{x:.2f}' for x in v['rounds'])})")
+    if breakdown:
+        result["stages_ms_per_image"] = stage_costs(zl, tl, size, batch_size, seed)
+        result["transfer_ms_per_image"] = transfer_costs(workers, shape, min(batches, 10))
+        for name in ("zoo", "torch"):
+            st = result["stages_ms_per_image"][name]
+            log(f"   {name:6s} ms/image in one process: " + ", ".join(
+                f"{k[:-3]} {v:.2f}" for k, v in st.items()) +
+                f"; made batch passed from {workers} worker(s): "
+                f"{result['transfer_ms_per_image'][name]:.2f}")
+    return result
