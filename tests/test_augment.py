@@ -305,3 +305,15 @@ def test_unknown_augmentation_names_the_choices():
         A.augment_example("mixup", np.zeros((4, 4, 3), np.uint8), np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"augment must be one of .*got 'flip'"):
         A.resolve_augment("flip", 3, 32)
+
+
+def test_random_resized_crop_of_a_pillow_image_equals_the_array_path():
+    """The streaming path crops the Pillow image before making an array: the same pixels."""
+    image = np.random.default_rng(1).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    for seed in range(8):
+        a = A.random_resized_crop(image, np.random.default_rng(seed), 32)
+        b = A.random_resized_crop(Image.fromarray(image), np.random.default_rng(seed), 32)
+        assert b.shape == (32, 32, 3) and np.array_equal(a, b)
+    gray = image[..., :1]
+    b = A.random_resized_crop(Image.fromarray(gray[..., 0]), np.random.default_rng(0), 16)
+    assert np.array_equal(A.random_resized_crop(gray, np.random.default_rng(0), 16), b)

@@ -144,9 +144,13 @@ def resize_bilinear(image: np.ndarray, size) -> np.ndarray:
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size=None, *,
                         scale=RRC_SCALE, ratio=RRC_RATIO, flip: bool = True) -> np.ndarray:
-    """random_resized_crop of one (H, W, C) image to ``size`` (int or (H, W); default the
-    image's own): the box (:func:`random_resized_crop_box`), the bilinear resize, then a
-    left-right flip with probability 1/2 (drawn after the box, when ``flip``)."""
+    """random_resized_crop of one (H, W, C) image, or a Pillow image (cropped and resized
+    before any array is made, as torchvision does: the same pixels, less work), to ``size``
+    (int or (H, W); default the image's own): the box (:func:`random_resized_crop_box`), the
+    bilinear resize, then a left-right flip with probability 1/2 (drawn after the box, when
+    ``flip``)."""
+    if not isinstance(image, np.ndarray):
+        return _random_resized_crop_pil(image, rng, size, scale=scale, ratio=ratio, flip=flip)
     h, w = image.shape[:2]
     size = (h, w) if size is None else size
     top, left, ch, cw = random_resized_crop_box(h, w, rng, scale=scale, ratio=ratio)
@@ -154,6 +158,23 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size=None, 
     if flip and rng.random() < 0.5:
         out = np.ascontiguousarray(out[:, ::-1])
     return out
+
+
+def _random_resized_crop_pil(im, rng, size, *, scale, ratio, flip) -> np.ndarray:
+    from PIL import Image
+
+    h, w = im.height, im.width
+    out_h, out_w = (h, w) if size is None else (
+        (size, size) if isinstance(size, (int, np.integer)) else size)
+    top, left, ch, cw = random_resized_crop_box(h, w, rng, scale=scale, ratio=ratio)
+    crop = im.crop((left, top, left + cw, top + ch))
+    if (ch, cw) != (out_h, out_w):
+        crop = crop.resize((out_w, out_h), Image.BILINEAR)
+    out = np.asarray(crop)
+    out = out[..., None] if out.ndim == 2 else out
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
 
 
 def augment_example(name: str, image: np.ndarray, rng: np.random.Generator, size=None

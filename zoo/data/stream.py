@@ -75,7 +75,8 @@ class _MakeBatch:
         for k in range(n):
             i = int(self.indices[self.order[(pos + k) % n]])
             try:
-                pixels, label, _ = self.reader.read(i, draft=None if rrc else self.shape[1::-1])
+                pixels, label, _ = self.reader.read(i, draft=None if rrc else self.shape[1::-1],
+                                                    pil=rrc)
                 if not rrc:
                     pixels = fit_image(pixels, self.shape, what=self.reader.name(i))
                 if self.train and self.augment != "none":

@@ -36,10 +36,14 @@ class FolderReader:
     def name(self, i: int) -> str:
         return self.files[i]
 
-    def read(self, i: int, draft=None):
+    def read(self, i: int, draft=None, pil: bool = False):
+        """``pil``: the Pillow image itself (a crop is then cut before any array is made)."""
         im = open_image(self.files[i], draft=draft)   # every mode, 16-bit scaled; errors name it
         gray = im.mode == "L"
-        pixels = np.asarray(im.convert({1: "L", 3: "RGB"}[self.channels]))
+        im = im.convert({1: "L", 3: "RGB"}[self.channels])
+        if pil:
+            return im, int(self.labels[i]), gray
+        pixels = np.asarray(im)
         return (pixels[..., None] if pixels.ndim == 2 else pixels), int(self.labels[i]), gray
 
 
@@ -59,7 +63,7 @@ class TFDSReader:
     def name(self, i: int) -> str:
         return f"{self.name_}[{self.split}] record {i}"
 
-    def read(self, i: int, draft=None):
+    def read(self, i: int, draft=None, pil: bool = False):   # arrays only: pil is ignored
         ex = self.source[int(i)]
         x = np.asarray(ex[self.image_key])
         x = x[..., None] if x.ndim == 2 else x
