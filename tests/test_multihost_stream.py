@@ -36,10 +36,10 @@ def record_reads(log: list, setattr=setattr):
         finally:
             log.append(current.pop())
 
-    def reading(self, i, draft=None):
+    def reading(self, i, *args, **kwargs):
         if current:   # the normalisation statistics' sample is read outside any batch
             current[-1][3].append([self.name(i), int(self.labels[i])])
-        return read(self, i, draft)
+        return read(self, i, *args, **kwargs)
 
     setattr(stream._MakeBatch, "__call__", call)
     setattr(stream_sources.FolderReader, "read", reading)

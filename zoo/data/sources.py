@@ -275,6 +275,16 @@ def _dataset_name(kind: str, arg) -> str:
     return {"digits": "digits", "arrays": "arrays"}.get(kind, str(arg))
 
 
+def _check_split_args(image_shape, seed, val_dataset, val_fraction):
+    """``(image_shape, seed, val_fraction)`` checked, as every reader of a dataset takes them."""
+    image_shape, seed = check_image_shape(image_shape), check_seed(seed)
+    if val_fraction is not None:
+        val_fraction = check_fraction(val_fraction)
+    if val_dataset is not None and val_fraction is not None:
+        raise DataError("give either val_dataset or val_fraction, not both")
+    return image_shape, seed, val_fraction
+
+
 def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
          image_shape: tuple[int, int, int], val_dataset: str | None = None,
          val_fraction: float | None = None, data_dir: str | None = None, seed: int = 0,
@@ -296,12 +306,8 @@ def load(spec: str | tuple[np.ndarray, np.ndarray] = "digits", *,
     it is also a TFDS name; ``"tfds:NAME"`` forces TFDS. Bad input raises
     :class:`DataError` (a ValueError) with a message for the user.
     """
-    image_shape = check_image_shape(image_shape)
-    seed = check_seed(seed)
-    if val_fraction is not None:
-        val_fraction = check_fraction(val_fraction)
-    if val_dataset is not None and val_fraction is not None:
-        raise DataError("give either val_dataset or val_fraction, not both")
+    image_shape, seed, val_fraction = _check_split_args(image_shape, seed, val_dataset,
+                                                        val_fraction)
     if augment not in (None, AUTO, *AUGMENTATIONS):
         raise DataError(f"augment must be one of {(AUTO, *AUGMENTATIONS)}, got {augment!r}")
     if not isinstance(strict_images, (bool, np.bool_)):

@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 
-from ..images import ImageError, as_image_array, check_image_shape, convert_channels, open_image
+from ..images import ImageError, as_image_array, convert_channels, open_image
 from .augment import resolve_augment
 from .dataset import (DataError, channel_stats, check_fraction, check_seed, stratified_split,
                       warn_empty_classes)
-from .sources import _list_folder, _resolve, _warn_val_gaps
+from .sources import _check_split_args, _list_folder, _resolve, _warn_val_gaps
 from .tfds import TFDS_DATASETS, TFDSSource
 
 #: images decoded (at most) to estimate the training set's mean and std
@@ -183,12 +183,8 @@ def list_stream(spec, *, image_shape, val_dataset=None, val_fraction=None, data_
                 seed: int = 0) -> tuple[StreamSet, StreamSet]:
     """``(train, eval)`` :class:`StreamSet` s of a folder or TFDS dataset, listed but not
     decoded (mean/std and augment not yet set: :func:`open_stream` does that)."""
-    image_shape = check_image_shape(image_shape)
-    seed = check_seed(seed)
-    if val_fraction is not None:
-        val_fraction = check_fraction(val_fraction)
-    if val_dataset is not None and val_fraction is not None:
-        raise DataError("give either val_dataset or val_fraction, not both")
+    image_shape, seed, val_fraction = _check_split_args(image_shape, seed, val_dataset,
+                                                        val_fraction)
     kind, arg = _resolve(spec)
     if kind not in ("folder", "tfds"):
         raise DataError(f"streaming reads image folders and TFDS datasets; {kind} "
