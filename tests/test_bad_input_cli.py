@@ -379,6 +379,27 @@ def test_internal_error_is_one_line_and_debug_shows_the_traceback(capsys, monkey
     capsys.readouterr()
 
 
+def test_sigterm_unwinds_as_ctrl_c_exits_143_and_restores_the_handler(capsys, monkeypatch):
+    import signal
+    from zoo.cli import models
+
+    unwound = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)                       # the handler raises before this ends
+        finally:
+            unwound.append(True)                # cleanup (data workers, files) runs
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(models, "run", terminated)
+    assert cli.main(["list"]) == 143 and unwound == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------
 # Class 10: --distributed with a peer that never comes gives up after its timeout.
 

@@ -2,19 +2,23 @@
 
 Each command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; the work is
 the library's. Errors meant for the user print one line and exit 2 (1 when training
-diverged, 130 on Ctrl-C); nothing else reaches the terminal as a traceback. An unexpected
-exception (a bug) prints ``error: internal error: TYPE: message`` and exits 3; with
-``ZOO_DEBUG=1`` every error propagates with its traceback instead.
+diverged, 130 on Ctrl-C, 143 on SIGTERM, which unwinds as Ctrl-C does); nothing else
+reaches the terminal as a traceback. An unexpected exception (a bug) prints
+``error: internal error: TYPE: message`` and exits 3; with ``ZOO_DEBUG=1`` every error
+propagates with its traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from . import benchmark, docs, evaluate, models, predict, train, visualize
 
-__all__ = ["COMMANDS", "build_parser", "main", "script"]
+__all__ = ["COMMANDS", "Terminated", "build_parser", "main", "script"]
 
 #: command -> (module, one-line help)
 COMMANDS = {
@@ -40,6 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``): unwinds as Ctrl-C does, so that data workers
+    are stopped and the last checkpoint is kept; the exit code is 143."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the main thread while a command runs (the
+    previous handler is restored after); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     """Run ``zoo`` with ``argv`` (default: the process's); returns the exit code."""
     try:
@@ -50,7 +77,10 @@ def main(argv=None) -> int:
 
     debug = os.environ.get("ZOO_DEBUG", "") not in ("", "0")
     try:
-        return args.handler(args)
+        with _terminate_as_interrupt():
+            return args.handler(args)
+    except Terminated:
+        return 143
     except NonFiniteLossError as e:
         if debug:
             raise

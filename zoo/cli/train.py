@@ -1,8 +1,8 @@
 """``zoo train``: train a model (:func:`zoo.train.run`); see docs/training.md.
 
 With no arguments: lenet5 on the digits that ship with scikit-learn. Exit codes: 0 done,
-1 training diverged (NaN/inf loss), 2 bad arguments or input, 130 interrupted (the last
-checkpoint is kept; continue with --resume DIR).
+1 training diverged (NaN/inf loss), 2 bad arguments or input, 130 interrupted and 143
+terminated (the last checkpoint is kept; continue with --resume DIR).
 
 Only the flags given reach :func:`zoo.train.run` (argparse defaults are None), so the
 library can tell a flag typed from a default: ``--momentum`` with Adam is an error, the
