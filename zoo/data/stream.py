@@ -27,6 +27,7 @@ import numpy as np
 
 from ..images import ImageError, fit_image
 from .augment import augment_example, example_rng
+from .batches import _channel_vector
 from .dataset import DataError, ImageFileError, _memory_bytes, check_seed
 from .stream_sources import StreamSet, list_stream, open_stream
 
@@ -166,11 +167,6 @@ class StreamBatches:
                 close()
 
 
-def _channel_values(value, default, channels, what):
-    from .batches import _channel_vector
-    return _channel_vector(value, default, channels, what)
-
-
 def stream_batches(source, *, batch_size, image_size, train, augment=None, seed: int = 0,
                    epoch: int = 0, workers=None, shard=(0, 1), mean=None, std=None,
                    drop_remainder=None, data_dir=None, strict_images: bool = False
@@ -205,8 +201,8 @@ def stream_batches(source, *, batch_size, image_size, train, augment=None, seed:
     if augment not in AUGMENTATIONS:
         raise DataError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     c = source.image_shape[2]
-    mean = _channel_values(mean, source.mean, c, "mean")
-    std = _channel_values(std, source.std, c, "std")
+    mean = _channel_vector(mean, source.mean, c, "mean")
+    std = _channel_vector(std, source.std, c, "std")
     if np.any(std <= 0):
         raise DataError(f"std must be positive, got {std.tolist()}")
     return StreamBatches(source, batch_size, train=train, augment=augment, seed=seed,

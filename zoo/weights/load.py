@@ -130,9 +130,12 @@ def check_metadata(path: str, meta: dict) -> dict:
         raise ValueError(f"{path}: its metadata's config is a {type(config).__name__}, not an object")
     for key, value in (("num_classes", meta.get("num_classes")),
                        ("config.num_classes", (config or {}).get("num_classes"))):
-        if value is not None and not _positive_int(value, registry.MAX_CLASSES):
-            raise ValueError(f"{path}: its metadata has {key} {value!r}; expected an integer "
-                             f"from 1 to {registry.MAX_CLASSES:,}: the file is corrupt or edited")
+        if value is not None:   # the registry's rule for class counts, before anything is built
+            try:
+                registry.check_num_classes(name, value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: its metadata has {key} {value!r} ({e}): the file is "
+                                 f"corrupt or edited") from None
     shape = meta.get("input_shape")
     if shape is not None and not (isinstance(shape, list) and len(shape) == 3
                                   and all(_positive_int(v, MAX_INPUT_DIM) for v in shape)):
