@@ -76,7 +76,7 @@ def test_input_pipeline_smoke_reports_both_rates_and_the_ratio(tmp_path):
     out = tmp_path / "bench.json"
     assert cli.main(["benchmark", "--input-pipeline", str(folder), "--workers", "0", "--reps", "1",
                      "--pipeline-batches", "2", "--pipeline-batch-size", "4",
-                     "--json", str(out)]) == 0
+                     "--pipeline-train", "lenet5", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["targets"] == [] and data["peaks"] == {}   # the pipeline alone
     p = data["input_pipeline"]
@@ -84,10 +84,14 @@ def test_input_pipeline_smoke_reports_both_rates_and_the_ratio(tmp_path):
         (12, 12, 0, 2, 1)
     for name in ("zoo", "torch"):
         assert p[name]["img_s"]["median"] > 0 and len(p[name]["img_s"]["rounds"]) == 1
-        assert p[name]["first_batch_s"]["median"] > 0
+        assert p[name]["start_s"]["median"] > 0 and len(p[name]["start_s"]["rounds"]) == 1
         assert p["stages_ms_per_image"][name]["decode_ms"] > 0
     assert p["ratio"]["median"] > 0 and len(p["ratio"]["rounds"]) == 1
-    assert p["steady_ratio"]["median"] > 0
+    fed = data["fed_step"]   # lenet5's trainer fed from the folder against its bare step
+    assert (fed["model"], fed["size"], fed["batch_size"], fed["rounds"]) == ("lenet5", 32, 4, 1)
+    assert fed["fed_img_s"]["median"] > 0 and fed["bare_img_s"]["median"] > 0
+    assert fed["ratio"]["rounds"] == [
+        pytest.approx(fed["fed_img_s"]["median"] / fed["bare_img_s"]["median"])]
 
 
 @pytest.mark.parametrize("options, error, match", [
@@ -97,6 +101,9 @@ def test_input_pipeline_smoke_reports_both_rates_and_the_ratio(tmp_path):
     (dict(input_pipeline="/no/such/folder"), FileNotFoundError,
      "'/no/such/folder': no such folder"),
     (dict(input_pipeline=".", workers=-1), ValueError, "--workers must be an integer >= 0, got -1"),
+    (dict(pipeline_train="resnet18"), ValueError,
+     "--pipeline-train applies only with --input-pipeline"),
+    (dict(input_pipeline=".", pipeline_train="resnet7"), ValueError, "--pipeline-train"),
     (dict(input_pipeline=".", pipeline_batches=1), ValueError,
      "--pipeline-batches must be an integer >= 2, got 1"),
 ])

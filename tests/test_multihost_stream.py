@@ -29,10 +29,10 @@ def record_reads(log: list, setattr=setattr):
     make, read = stream._MakeBatch.__call__, stream_sources.FolderReader.read
     current = []
 
-    def call(self, b):
-        current.append([self.epoch, bool(self.train), int(b), []])
+    def call(self, epoch, b):
+        current.append([int(epoch), bool(self.train), int(b), []])
         try:
-            return make(self, b)
+            return make(self, epoch, b)
         finally:
             log.append(current.pop())
 

@@ -94,7 +94,8 @@ def to_8bit(im, what: str = "image"):
         alpha = a[..., -1:] / 255.0
         out = np.rint(a[..., :-1] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
         return Image.fromarray(out[..., 0], "L") if gray else Image.fromarray(out, "RGB")
-    return im.convert("L" if gray else "RGB")
+    target = "L" if gray else "RGB"
+    return im if mode == target else im.convert(target)   # a decoded image is not copied
 
 
 def open_image(path, *, draft=None):
@@ -124,7 +125,7 @@ def read_image(path, channels: int | None = None, *, draft=None) -> np.ndarray:
     if channels not in (None, 1, 3):
         raise ImageError(f"image files give 1 (grayscale) or 3 (RGB) channels, not {channels}")
     im = open_image(path, draft=draft)
-    if channels is not None:
+    if channels is not None and im.mode != {1: "L", 3: "RGB"}[channels]:
         im = im.convert({1: "L", 3: "RGB"}[channels])
     array = np.asarray(im)
     return array[..., None] if array.ndim == 2 else array

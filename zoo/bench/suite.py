@@ -20,6 +20,7 @@ from ..summary import summary
 from .dense_eval import benchmark_dense_eval
 from .compile import run_compile_report
 from .levers import conv_choices, lever_variants
+from .fed_step import run_fed_step
 from .pipeline import check_folder, run_input_pipeline
 from .runners import jax_runner, torch_runner
 from .timing import interleaved, machine, matmul_peak, stats
@@ -62,6 +63,7 @@ class Options:
     workers: int = 2                   # worker processes of both loaders (0: in process)
     pipeline_batches: int = 20         # batches per loader per round
     pipeline_batch_size: int = 32
+    pipeline_train: str | None = None  # a model: its train step fed from the folder vs bare
     json: str | None = None
 
     def validate(self) -> "Options":
@@ -94,6 +96,8 @@ class Options:
         for name in ("models", "compile_report"):
             for model in getattr(self, name) or ():
                 _check_model(model, _flag(name))
+        if self.pipeline_train is not None:
+            _check_model(self.pipeline_train, "--pipeline-train")
         self._contradictions()
         if self.input_pipeline is not None:
             check_folder(self.input_pipeline)
@@ -119,7 +123,8 @@ class Options:
                                     ("workers", "input_pipeline", "--input-pipeline"),
                                     ("pipeline_batches", "input_pipeline", "--input-pipeline"),
                                     ("pipeline_batch_size", "input_pipeline",
-                                     "--input-pipeline")):
+                                     "--input-pipeline"),
+                                    ("pipeline_train", "input_pipeline", "--input-pipeline")):
             if getattr(self, name) != getattr(default, name) and not getattr(self, needs):
                 raise ValueError(f"{_flag(name)} applies only with {switch}")
         if self.peak_size is not None and self.no_peak:
@@ -286,6 +291,11 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
             args.input_pipeline, workers=args.workers, batch_size=args.pipeline_batch_size,
             batches=args.pipeline_batches, rounds=args.reps, log=log)
         save(results, args.json)
+        if args.pipeline_train:
+            results["fed_step"] = run_fed_step(
+                args.input_pipeline, args.pipeline_train, batch_size=args.pipeline_batch_size,
+                workers=args.workers, rounds=args.reps, log=log)
+            save(results, args.json)
     if args.compile_report:
         results["compile_report"] = run_compile_report(args.compile_report, log, args.scan_steps,
                                                        args.compile_rounds)

@@ -71,6 +71,10 @@ def add_arguments(p, name: str) -> None:
                    help="with --input-pipeline: batches per loader per round")
     p.add_argument("--pipeline-batch-size", type=int, default=32, metavar="N",
                    help="with --input-pipeline: images per batch")
+    p.add_argument("--pipeline-train", metavar="MODEL",
+                   help="with --input-pipeline: also time MODEL's train step fed by the "
+                        "streaming loader from FOLDER against the bare step, --reps rounds "
+                        "interleaved (is training input-bound?)")
     p.add_argument("--json", metavar="FILE", type=output_file, help="write every figure to FILE")
 
 

@@ -73,13 +73,13 @@ from .batches import batches, check_batch_size, steps_per_epoch
 from .dataset import (AUGMENTATIONS, DataError, Dataset, ImageFileError, check_labels,
                       check_memory, stratified_split)
 from .sources import DATASET_CHOICES, load
-from .stream import (DATA_MODES, MEMORY_BUDGET, DataPlan, StreamBatches, memory_bytes,
-                     plan_data, stream_batches)
+from .stream import (DATA_MODES, MEMORY_BUDGET, DataPlan, RunStream, StreamBatches,
+                     memory_bytes, plan_data, stream_batches)
 from .stream_sources import STATS_SAMPLE, StreamSet, open_stream
 from .tfds import TFDS_DATASETS
 
 __all__ = ["AUGMENTATIONS", "DATASET_CHOICES", "DataError", "Dataset", "ImageFileError",
            "TFDS_DATASETS", "batches", "check_batch_size", "check_labels", "check_memory",
            "fit_image", "fit_images", "load", "steps_per_epoch", "stratified_split",
-           "DATA_MODES", "MEMORY_BUDGET", "DataPlan", "STATS_SAMPLE", "StreamBatches",
+           "DATA_MODES", "MEMORY_BUDGET", "DataPlan", "RunStream", "STATS_SAMPLE", "StreamBatches",
            "StreamSet", "memory_bytes", "open_stream", "plan_data", "stream_batches"]

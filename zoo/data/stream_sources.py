@@ -17,7 +17,7 @@ from .augment import resolve_augment
 from .dataset import (DataError, channel_stats, check_fraction, check_seed, stratified_split,
                       warn_empty_classes)
 from .sources import _check_split_args, _list_folder, _resolve, _warn_val_gaps
-from .tfds import TFDS_DATASETS, TFDSSource
+from .tfds import TFDS_DATASETS, TFDSSource, _import_tfds
 
 #: images decoded (at most) to estimate the training set's mean and std
 STATS_SAMPLE = 256
@@ -39,8 +39,8 @@ class FolderReader:
     def read(self, i: int, draft=None, pil: bool = False):
         """``pil``: the Pillow image itself (a crop is then cut before any array is made)."""
         im = open_image(self.files[i], draft=draft)   # every mode, 16-bit scaled; errors name it
-        gray = im.mode == "L"
-        im = im.convert({1: "L", 3: "RGB"}[self.channels])
+        gray, mode = im.mode == "L", {1: "L", 3: "RGB"}[self.channels]
+        im = im if im.mode == mode else im.convert(mode)
         if pil:
             return im, int(self.labels[i]), gray
         pixels = np.asarray(im)
@@ -52,10 +52,26 @@ class TFDSReader:
     array_record files, never materialised); 16-bit images scaled by 1/65535."""
 
     def __init__(self, source, name: str, split: str, image_key: str, label_key: str,
-                 channels: int):
+                 channels: int, directory: str | None = None):
         self.source, self.name_, self.split = source, name, split
         self.image_key, self.label_key, self.channels = image_key, label_key, channels
         self.labels = None     # known only by reading each record
+        self.directory = directory   # the prepared version's folder, where it exists
+
+    def __getstate__(self):
+        """A worker process reopens the prepared files by their folder: no builder class,
+        registration or dataset info travels with the reader."""
+        state = dict(self.__dict__)
+        if self.directory is not None:
+            state["source"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.source is None:
+            tfds = _import_tfds()
+            self.source = tfds.builder_from_directory(self.directory).as_data_source(
+                split=self.split)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -155,7 +171,10 @@ def _tfds_reader(src: TFDSSource, split: str, channels: int) -> TFDSReader:
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if len(source) == 0:
         raise DataError(f"TFDS dataset {src.name!r} split {split!r} is empty")
-    return TFDSReader(source, src.name, split, src.image_key, src.label_key, channels)
+    directory = str(src.builder.data_dir)
+    return TFDSReader(source, src.name, split, src.image_key, src.label_key, channels,
+                      directory if os.path.isfile(os.path.join(directory, "dataset_info.json"))
+                      else None)   # mocked data has no folder: the source itself travels
 
 
 def _tfds_sets(name, image_shape, val_dataset, val_fraction, data_dir, seed):

@@ -44,12 +44,28 @@ def epoch_batches(ds, cfg, *, train: bool, epoch: int, mean, std, drop_remainder
                         std=std, drop_remainder=drop_remainder, **_shard_args())
 
 
-def eval_batches(trainer: Trainer, ds, *, mean, std):
+def run_stream(train_ds, eval_ds, cfg, *, epochs: range, mean, std):
+    """One :class:`zoo.data.RunStream` for every epoch of a streamed run (the workers start
+    once); None when the training set is in memory."""
+    data = data_module()
+    if not isinstance(train_ds, data.StreamSet):
+        return None
+    train = epoch_batches(train_ds, cfg, train=True, epoch=epochs.start, mean=mean, std=std,
+                          drop_remainder=True)
+    ev = (epoch_batches(eval_ds, cfg, train=False, epoch=0, mean=mean, std=std,
+                        drop_remainder=False) if isinstance(eval_ds, data.StreamSet) else None)
+    return data.RunStream(train, ev, epochs)
+
+
+def eval_batches(trainer: Trainer, ds, *, mean, std, batches=None):
     """Padded eval batches ``(x, y, mask)``: this process's rows of each global batch, the
-    last one zero-padded (mask 0) so that shapes never change (one compilation)."""
+    last one zero-padded (mask 0) so that shapes never change (one compilation).
+    ``batches``: the ``(x, y)`` batches of ``ds`` already under way (a run's stream)."""
     bs = trainer.local_batch
-    for x, y in epoch_batches(ds, trainer.cfg, train=False, epoch=0, mean=mean, std=std,
-                              drop_remainder=False):
+    if batches is None:
+        batches = epoch_batches(ds, trainer.cfg, train=False, epoch=0, mean=mean, std=std,
+                                drop_remainder=False)
+    for x, y in batches:
         n = len(y)
         if n < bs:
             x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
@@ -57,12 +73,13 @@ def eval_batches(trainer: Trainer, ds, *, mean, std):
         yield x, y.astype(np.int32), (np.arange(bs) < n).astype(np.float32)
 
 
-def evaluate(trainer: Trainer, params, state, ds, *, mean, std, predictions: bool = False) -> dict:
+def evaluate(trainer: Trainer, params, state, ds, *, mean, std, predictions: bool = False,
+             batches=None) -> dict:
     """``{"loss", "accuracy", "count"}`` of ``ds`` (plus ``"predictions"`` and ``"labels"``
-    when asked; single-process only)."""
+    when asked; single-process only); ``batches`` as :func:`eval_batches` takes them."""
     loss = correct = count = 0.0
     preds, labels = [], []
-    for x, y, mask in eval_batches(trainer, ds, mean=mean, std=std):
+    for x, y, mask in eval_batches(trainer, ds, mean=mean, std=std, batches=batches):
         xg, yg, mg = trainer.put_batch(x, y, mask)
         sums, pred = trainer.eval_step(params, state, xg, yg, mg)
         sums = jax.device_get(sums)
@@ -117,6 +134,8 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
     metrics_path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
     say = (lambda msg: bar.write(msg, file=sys.stdout)) if not bar.disable and log is not quiet \
         else log
+    stream = run_stream(train_ds, eval_ds, cfg, epochs=range(start_epoch, cfg.epochs),
+                        mean=mean, std=std)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -152,8 +171,8 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
                                 img_s=f"{rate:,.0f}", refresh=False)
                 pending.clear()
 
-            batches = epoch_batches(train_ds, cfg, train=True, epoch=epoch, mean=mean, std=std,
-                                    drop_remainder=True)
+            batches = stream.train(epoch) if stream else epoch_batches(
+                train_ds, cfg, train=True, epoch=epoch, mean=mean, std=std, drop_remainder=True)
             for x, y in batches:
                 xg, yg = trainer.put_batch(x, y.astype(np.int32))
                 ts, m = trainer.train_step(ts, xg, yg)
@@ -168,7 +187,9 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
             if n_steps != spe:
                 raise RuntimeError(f"epoch {epoch + 1} had {n_steps} steps, expected {spe}")
             train_seconds = time.perf_counter() - t0
-            ev = evaluate(trainer, ts.params, ts.state, eval_ds, mean=mean, std=std)
+            ev = evaluate(trainer, ts.params, ts.state, eval_ds, mean=mean, std=std,
+                          batches=stream.evaluation(epoch) if stream and stream.eval_batches
+                          else None)
             row = {"epoch": epoch + 1, "step": step,
                    "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                    "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
@@ -196,6 +217,8 @@ def fit(trainer: Trainer, ts: TrainState, train_ds, eval_ds, *, mean, std,
                         f.write(json.dumps(row) + "\n")
     finally:
         bar.close()
+        if stream:
+            stream.close()
     return ts, history
 
 
