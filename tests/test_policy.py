@@ -185,4 +185,6 @@ def test_nothing_assigns_module_level_config():
                 if f.attr == "ContextVar":
                     contextvars.append(f"{path.relative_to(ROOT)}:{node.args[0].value}")
     assert offences == []
-    assert sorted(contextvars) == ["zoo/nn/layer.py:zoo_recorder", "zoo/nn/layer.py:zoo_scope"]
+    # trace-time context, never configuration: the capture box, the recorder, the scope
+    assert sorted(contextvars) == ["zoo/nn/layer.py:zoo_capture", "zoo/nn/layer.py:zoo_recorder",
+                                   "zoo/nn/layer.py:zoo_scope"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+import numbers
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,12 @@ import numpy as np
 
 from . import paths
 
-__all__ = ["Expected", "check_input", "check_rng", "check_variables", "describe", "is_array"]
+__all__ = ["MAX_CLASSES", "Expected", "check_config", "check_input", "check_num_classes",
+           "check_rng", "check_variables", "describe", "is_array"]
+
+#: the most outputs a classifier may have (ImageNet-21k has 21,841; this is 46x that): a
+#: larger count is a typo, refused before anything is built or allocated
+MAX_CLASSES = 1_000_000
 
 #: leaf dtypes params, state and inputs may have (the zoo computes in these)
 FLOATS = frozenset(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
@@ -200,3 +206,37 @@ def _hints(params, state, expected, given, found, classifier, native) -> list[st
             return [f"the params are for {size} inputs (the model's input_shape), this input is "
                     f"{expected.where}: resize the input, or init the model at this size"]
     return []
+
+
+def check_num_classes(name: str, value, *, headless: bool = False) -> int:
+    """``value`` as a class count: an int (not a bool) from 1 to :data:`MAX_CLASSES`, or 0
+    where ``headless`` (a model without its classifier)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: num_classes must be an int, got {type(value).__name__} "
+                        f"{value!r}")
+    if value < (0 if headless else 1):
+        raise ValueError(f"{name}: num_classes must be >= 1 (or 0: no classifier, the "
+                         f"features), got {value}" if headless else
+                         f"{name}: num_classes must be >= 1, got {value}")
+    if value > MAX_CLASSES:
+        raise ValueError(f"{name}: num_classes={value} is more than MAX_CLASSES={MAX_CLASSES:,} "
+                         f"(ImageNet-21k has 21,841 classes): a typo? Nothing was allocated")
+    return int(value)
+
+
+def check_config(name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    """Builder arguments of the types of their defaults (a bool for a bool, an int for an
+    int) and a sane class count, checked before anything is built or allocated."""
+    config = dict(config)
+    for key, default in defaults.items():
+        value = config.get(key)
+        if key == "num_classes":
+            config[key] = check_num_classes(name, value)
+        elif isinstance(default, bool):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: {key} must be True or False, got {value!r}")
+            config[key] = bool(value)
+        elif isinstance(default, int) and (isinstance(value, (bool, np.bool_))
+                                           or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"{name}: {key} must be an int, got {value!r}")
+    return config

@@ -12,24 +12,21 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import numbers
 import re
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
-from . import contract, nn
+from . import contract, features, nn
+from .contract import MAX_CLASSES, check_config, check_num_classes  # noqa: F401 (re-exported)
 from .images import IMAGENET_MEAN, IMAGENET_STD, Transforms
 from .kernels import ConvPolicy
 
 #: keys of a model's metadata (what describes it); the other config keys are its builder's
 DESCRIPTIVE_KEYS = ("name", "input_shape", "mean", "std", "classifier", "paper", "year",
-                    "deviations", "aux_loss_weight")
+                    "deviations", "aux_loss_weight", "features", "features_only")
 TORCHVISION_URL = "https://download.pytorch.org/models/"
-#: the most outputs a classifier may have (ImageNet-21k has 21,841; this is 46x that): a
-#: larger count is a typo, refused before anything is built or allocated
-MAX_CLASSES = 1_000_000
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,9 +132,9 @@ class Model:
     def __init__(self, network: nn.Layer, config: Mapping[str, Any],
                  meta: Mapping[str, Any] | None = None, policy: ConvPolicy | None = None):
         config, meta = _split(config, meta)
-        if "num_classes" in config:
+        if "num_classes" in config:   # 0: headless, the features
             config["num_classes"] = check_num_classes(meta.get("name", "model"),
-                                                      config["num_classes"])
+                                                      config["num_classes"], headless=True)
         for name, value in (("network", network), ("config", config), ("meta", meta),
                             ("policy", policy or ConvPolicy())):
             object.__setattr__(self, name, value)
@@ -177,6 +174,19 @@ class Model:
         """Param paths of the layers that map features to classes (GoogLeNet: its aux
         heads' last layers too): re-initialised when fine-tuning to another class count."""
         return tuple(self.meta.get("classifier", ()))
+
+    @property
+    def features_only(self) -> bool:
+        """Whether :meth:`apply` returns ``{stage: activation}`` (``features_only=True``)."""
+        return bool(self.meta.get("features_only"))
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Per stage of the family (``features=`` of its registration): ``name``,
+        ``channels``, ``stride`` (reduction from the input), ``receptive_field`` and
+        ``shape`` (H, W, C) at the native input size, from the summary's arithmetic."""
+        return features.feature_info(self.network, self.default_input_shape(),
+                                     self.meta.get("features", ()))
 
     @property
     def aux_loss_weight(self) -> float:
@@ -226,9 +236,15 @@ class Model:
 
         return jax.eval_shape(run, jax.random.key(0)), tuple(box["out"])
 
-    def apply(self, params, state, x, *, train: bool = False, rng=None, check: bool = True):
+    def apply(self, params, state, x, *, train: bool = False, rng=None, check: bool = True,
+              capture=()):
         """``(logits, new_state)``; ``train=True`` uses batch statistics and dropout (which
-        needs ``rng``).
+        needs ``rng``). ``capture``: layer paths ("layer2", "pool5", "layer3/1"; see
+        ``zoo.nn.layer_names(model.network)``) whose outputs are returned too, as
+        ``(logits, new_state, {path: activation})``, from the same program (differentiable,
+        under ``jit``, in either mode). A ``features_only`` model returns ``{stage:
+        activation}`` in place of the logits; a headless one (``num_classes=0``) the features
+        that fed the classifier.
 
         The call is checked before anything runs (:meth:`validate`), so a wrong argument is
         an error that names it, never a wrong result. ``x``: floating images (N, H, W, C),
@@ -240,7 +256,16 @@ class Model:
         checks run once, at trace time; ``check=False`` skips the params/state comparison
         (for speed in an eager loop; the input and rng checks, microseconds, always run)."""
         state = self.validate(params, state, x, train=train, rng=rng, check=check)
-        return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
+        names = features.check_capture(self.network, capture, self.name)
+        stages = tuple(self.meta.get("features", ())) if self.features_only else ()
+        if not names and not stages:
+            return self.network.apply(params, state, x, train=train, rng=rng, policy=self.policy)
+        y, new_state, got = features.run_capturing(self.network, params, state, x,
+                                                   tuple(dict.fromkeys(names + stages)),
+                                                   train=train, rng=rng, policy=self.policy)
+        if stages:
+            y = {k: got[k] for k in stages}
+        return (y, new_state, {k: got[k] for k in names}) if names else (y, new_state)
 
     def apply_with_aux(self, params, state, x, *, train: bool = False, rng=None,
                        check: bool = True):
@@ -303,15 +328,16 @@ def register(name: str, builder: Callable[..., nn.Layer], *, input_shape, num_cl
              classifier, paper: str, year: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
              deviations: str = "", aux_loss_weight: float | None = None,
              weights: tuple[WeightSpec, ...] = (), torchvision: TorchvisionRules | None = None,
-             **defaults) -> None:
+             features: tuple[str, ...] = (), **defaults) -> None:
     """Register ``builder(num_classes=..., **defaults) -> Layer`` under ``name`` with its
     metadata, its published ``weights`` and its ``torchvision`` key rules. ``classifier``:
-    the path (or paths) of the layers that output classes."""
+    the path (or paths) of the layers that output classes; ``features``: the layers whose
+    outputs are its stages (``features_only=True``), shallow to deep."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     meta = dict(name=name, input_shape=tuple(input_shape), mean=tuple(mean), std=tuple(std),
                 classifier=(classifier,) if isinstance(classifier, str) else tuple(classifier),
-                paper=paper, year=year, deviations=deviations)
+                paper=paper, year=year, deviations=deviations, features=tuple(features))
     if aux_loss_weight is not None:
         meta["aux_loss_weight"] = float(aux_loss_weight)
     for w in weights:
@@ -360,49 +386,36 @@ def get_config(name: str) -> dict:
 
 
 def create(name: str, num_classes: int | None = None, *, conv_policy: ConvPolicy | None = None,
-           **config) -> Model:
+           features_only: bool = False, **config) -> Model:
     """Build a registered model. ``config`` overrides its builder's defaults (e.g.
     ``aux_logits=True``); ``conv_policy``: how its convolutions run (default
-    ``ConvPolicy()``)."""
+    ``ConvPolicy()``). ``num_classes=0``: headless, the features that fed the classifier;
+    ``features_only=True``: the family's stage outputs (:mod:`zoo.features`)."""
     s = spec(name)
     if num_classes is not None:
         config["num_classes"] = num_classes
     unknown = set(config) - set(s.defaults)
     if unknown:
         raise ValueError(f"{name}: unknown config {sorted(unknown)}; known: {sorted(s.defaults)}")
-    args = check_config(name, {**s.defaults, **config}, s.defaults)
-    return Model(s.builder(**args), args, s.meta, conv_policy)
-
-
-def check_num_classes(name: str, value) -> int:
-    """``value`` as a class count: an int (not a bool) from 1 to :data:`MAX_CLASSES`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: num_classes must be an int, got {type(value).__name__} "
-                        f"{value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {value}")
-    if value > MAX_CLASSES:
-        raise ValueError(f"{name}: num_classes={value} is more than MAX_CLASSES={MAX_CLASSES:,} "
-                         f"(ImageNet-21k has 21,841 classes): a typo? Nothing was allocated")
-    return int(value)
-
-
-def check_config(name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
-    """Builder arguments of the types of their defaults (a bool for a bool, an int for an
-    int) and a sane class count, checked before anything is built or allocated."""
-    config = dict(config)
-    for key, default in defaults.items():
-        value = config.get(key)
-        if key == "num_classes":
-            config[key] = check_num_classes(name, value)
-        elif isinstance(default, bool):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name}: {key} must be True or False, got {value!r}")
-            config[key] = bool(value)
-        elif isinstance(default, int) and (isinstance(value, (bool, np.bool_))
-                                           or not isinstance(value, numbers.Integral)):
-            raise TypeError(f"{name}: {key} must be an int, got {value!r}")
-    return config
+    if not isinstance(features_only, (bool, np.bool_)):
+        raise TypeError(f"{name}: features_only must be True or False, got {features_only!r}")
+    classes = check_num_classes(name, config.get("num_classes", s.defaults["num_classes"]),
+                                headless=True)
+    if features_only and config.get("num_classes", 0) != 0:
+        raise ValueError(f"{name}: features_only=True has no classifier; leave num_classes out")
+    bare = features_only or classes == 0
+    args = check_config(name, {**s.defaults, **config, **({"num_classes": 1} if bare else {})},
+                        s.defaults)
+    network, meta = s.builder(**args), s.meta
+    if bare:
+        if args.get("aux_logits"):
+            raise ValueError(f"{name}: aux_logits=True needs classes; leave it out with "
+                             f"num_classes=0 or features_only=True")
+        network = (features.extractor(network, meta["features"], name) if features_only
+                   else features.headless(network, meta["classifier"], name))
+        args["num_classes"] = 0
+        meta = {**meta, "classifier": (), **({"features_only": True} if features_only else {})}
+    return Model(network, args, meta, conv_policy)
 
 
 def from_metadata(meta: Mapping[str, Any], *, conv_policy: ConvPolicy | None = None) -> Model:
@@ -415,6 +428,9 @@ def from_metadata(meta: Mapping[str, Any], *, conv_policy: ConvPolicy | None = N
         raise ValueError(f"the metadata's 'model' must be a model name, got {name!r}")
     saved = dict(meta.get("config") or {})
     overrides = {k: v for k, v in saved.items() if k in spec(name).defaults}
+    if saved.get("features_only") is True:
+        overrides = {k: v for k, v in overrides.items() if k != "num_classes"}
+        overrides["features_only"] = True
     if meta.get("num_classes"):
         overrides["num_classes"] = meta["num_classes"]
     if isinstance(overrides.get("num_classes"), str) and overrides["num_classes"].isdigit():

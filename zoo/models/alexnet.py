@@ -91,7 +91,7 @@ SEQUENTIAL = TorchvisionRules(segments=(("features", "flatten"), ("classifier", 
 _PAPER = "Krizhevsky, Sutskever & Hinton, ImageNet classification with deep CNNs, NIPS 2012"
 register("alexnet", functools.partial(build, ALEXNET, dropout_first=True),
          input_shape=(224, 224, 3), num_classes=1000, classifier="fc8", year=2014,
-         torchvision=SEQUENTIAL,
+         torchvision=SEQUENTIAL, features=("relu1", "relu2", "relu5"),   # before each pool
          weights=(torchvision_weights("alexnet.tv_in1k", "alexnet", "alexnet-owt-7be5be79.pth",
                                       56.522, 79.066, "AlexNet_Weights.IMAGENET1K_V1"),),
          paper="Krizhevsky, One weird trick for parallelizing CNNs, arXiv:1404.5997, 2014",
@@ -99,5 +99,6 @@ register("alexnet", functools.partial(build, ALEXNET, dropout_first=True),
                     "fc6's input size follows the input shape")
 register("alexnet_2012", functools.partial(build, ALEXNET_2012),
          input_shape=(227, 227, 3), num_classes=1000, classifier="fc8", year=2012, paper=_PAPER,
+         features=("norm1", "norm2", "relu5"),
          deviations="input 227, not the paper's 224 (conv1 only fits at 227); the two GPU towers "
                     "are conv groups; no published weights")

@@ -176,10 +176,13 @@ TORCHVISION_RULES = TorchvisionRules(
     optional=(r"^aux[12]\.",))
 #: the class outputs: the main classifier and each aux head's last layer
 CLASSIFIER = ("fc", *(f"{head}/fc2" for head in AUX_TAPS))
+#: stage outputs (features_only), strides 2, 4, 8, 16, 32: what enters each max pool, then
+#: the last inception
+FEATURES = ("conv1", "conv3", "inception3b", "inception4e", "inception5b")
 
 register("googlenet", googlenet, input_shape=(224, 224, 3), num_classes=1000,
          classifier=CLASSIFIER, aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT,
-         paper=_PAPER_REF, year=2014, torchvision=TORCHVISION_RULES,
+         paper=_PAPER_REF, year=2014, torchvision=TORCHVISION_RULES, features=FEATURES,
          weights=(torchvision_weights("googlenet.tv_in1k", "googlenet", "googlenet-1378be20.pth",
                                       69.778, 89.530, "GoogLeNet_Weights.IMAGENET1K_V1",
                                       transform_input=True),),
@@ -188,7 +191,7 @@ register("googlenet", googlenet, input_shape=(224, 224, 3), num_classes=1000,
                     "0.2; transform_input belongs to the pretrained weights, not the model")
 register("googlenet_2014", googlenet_2014, input_shape=(224, 224, 3), num_classes=1000,
          classifier=CLASSIFIER, aux_logits=False, aux_loss_weight=AUX_LOSS_WEIGHT, paper=_PAPER_REF,
-         year=2014,
+         year=2014, features=("conv1", "norm2", *FEATURES[2:]),
          mean=(123 / 255, 117 / 255, 104 / 255), std=(1 / 255,) * 3,
          deviations="layers the paper leaves open follow Caffe's bvlc_googlenet (LRN form, "
                     "ceil pooling, mean subtraction on 0-255 pixels); aux heads off by default")

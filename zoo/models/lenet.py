@@ -72,7 +72,7 @@ def lenet5_1998(num_classes: int = 10) -> nn.Layer:
 
 _DIGITS = dict(input_shape=(32, 32, 1), num_classes=10, mean=(0.5,), std=(0.5,), year=1998,
                paper="LeCun et al., Gradient-based learning applied to document recognition, 1998")
-register("lenet5", lenet5, classifier="fc3",
+register("lenet5", lenet5, classifier="fc3", features=("relu1", "relu2"),
          # Trained by `zoo train` with its defaults; its metadata holds the command, the
          # accuracy, the class names and the training split's mean/std.
          weights=(WeightSpec(tag="lenet5.digits", model="lenet5", source="zoo",
@@ -80,5 +80,5 @@ register("lenet5", lenet5, classifier="fc3",
                              origin="zoo train defaults (lenet5 on the digits)",
                              classes="file"),),
          deviations="modern reading: ReLU and max pooling, full C3 connections", **_DIGITS)
-register("lenet5_1998", lenet5_1998, classifier="output",
+register("lenet5_1998", lenet5_1998, classifier="output", features=("act1", "act3", "act5"),
          deviations="output layer is dense instead of Euclidean RBF units", **_DIGITS)

@@ -118,6 +118,10 @@ WEIGHTS = {
 }
 
 _IMAGENET = dict(input_shape=(224, 224, 3), num_classes=1000, classifier="fc")
+#: stage outputs (features_only), strides 2, 4, 8, 16, 32; pre-activation nets end with
+#: their final BN-ReLU, after layer4
+FEATURES = ("relu", "layer1", "layer2", "layer3", "layer4")
+PREACT_FEATURES = ("relu", "layer1", "layer2", "layer3", "relu_final")
 for _depth, (_kind, _) in DEPTHS.items():
     _name = f"resnet{_depth}"
     register(_name, functools.partial(resnet, _depth), year=2016,
@@ -129,9 +133,9 @@ for _depth, (_kind, _) in DEPTHS.items():
                  f"{_name}.tv{'' if v == 'V1' else '2'}_in1k", _name, file, acc1, acc5,
                  f"ResNet{_depth}_Weights.IMAGENET1K_{v}", resize=256 if v == "V1" else 232)
                  for v, file, acc1, acc5 in WEIGHTS[_depth]),
-             **_IMAGENET)
+             features=FEATURES, **_IMAGENET)
     register(f"preact_resnet{_depth}", functools.partial(resnet, _depth, preact=True), year=2016,
              paper="He et al., Identity mappings in deep residual networks, ECCV 2016",
              deviations="no pretrained weights; stem, projections and stride placement as "
                         "fb.resnet.torch preresnet.lua (see zoo.models.resnet)",
-             **_IMAGENET)
+             features=PREACT_FEATURES, **_IMAGENET)

@@ -30,6 +30,18 @@ CONFIGS = {  # conv widths, "M" = max pool
 }
 
 
+def stage_outputs(config: str) -> tuple[str, ...]:
+    """Each stage's last ReLU, before its pool (features_only): strides 1, 2, 4, 8, 16."""
+    out, stage, j = [], 1, 0
+    for item in CONFIGS[config]:
+        if item == "M":
+            out.append(f"relu{stage}_{j}")
+            stage, j = stage + 1, 0
+        else:
+            j += 1
+    return tuple(out)
+
+
 def vgg(config: str, batch_norm: bool, num_classes: int = 1000) -> nn.Layer:
     layers, stage, j = [], 1, 0
     for item in CONFIGS[config]:
@@ -65,7 +77,7 @@ for _depth, _config in ((11, "A"), (13, "B"), (16, "D"), (19, "E")):
         _file, _acc1, _acc5 = WEIGHTS[_name]
         register(_name, functools.partial(vgg, _config, _bn),
                  input_shape=(224, 224, 3), num_classes=1000, classifier="fc8", year=2014,
-                 paper=_PAPER, torchvision=SEQUENTIAL,
+                 paper=_PAPER, torchvision=SEQUENTIAL, features=stage_outputs(_config),
                  weights=(torchvision_weights(
                      f"{_name}.tv_in1k", _name, _file, _acc1, _acc5,
                      f"{_name.upper()}_Weights.IMAGENET1K_V1"),),

@@ -27,6 +27,7 @@ ZFNET = (
 
 register("zfnet", functools.partial(build, ZFNET),
          input_shape=(224, 224, 3), num_classes=1000, classifier="fc8", year=2013,
+         features=("relu1", "relu2", "relu5"),   # before each pool
          paper="Zeiler & Fergus, Visualizing and understanding convolutional networks, ECCV 2014",
          deviations="contrast normalization is AlexNet's LRN (the paper gives no constants); "
                     "conv1 padding 1 with the floor rule and ceil-rule pools reproduce the "

@@ -19,8 +19,9 @@ Imports :mod:`zoo.kernels` only.
 """
 from .combinators import Chain, Concat, NamedLayers, Residual, Sequential, WithSideHeads
 from .init import filled, he_normal, scaled_normal
-from .layer import (Layer, Recorder, count_params, current_path, name_key, output_size,
-                    record, recorder, recording, scope, scopes, side_branch, volume)
+from .layer import (Layer, Recorder, captured, capturing, count_params, current_path, name_key,
+                    output_size, record, recorder, recording, scope, scopes, side_branch,
+                    volume)
 from .layers import (ACTIVATIONS, LRN, Activation, AdaptiveAvgPool, AvgPool, BatchNorm, Conv,
                      Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, Relu, scaled_tanh)
 from .tree import (is_sequence, layer_names, leaf_layers, main_path, rebuild, side_heads, split,
@@ -29,7 +30,7 @@ from .tree import (is_sequence, layer_names, leaf_layers, main_path, rebuild, si
 __all__ = ["ACTIVATIONS", "Activation", "AdaptiveAvgPool", "AvgPool", "BatchNorm", "Chain",
            "Concat", "Conv", "Dense", "Dropout", "Flatten", "GlobalAvgPool", "LRN", "Layer",
            "MaxPool", "NamedLayers", "Recorder", "Relu", "Residual", "Sequential",
-           "WithSideHeads", "count_params", "current_path", "filled", "he_normal",
+           "WithSideHeads", "captured", "capturing", "count_params", "current_path", "filled", "he_normal",
            "is_sequence", "layer_names", "leaf_layers", "main_path", "name_key",
            "output_size", "rebuild", "record", "recorder", "recording", "scaled_normal",
            "scaled_tanh", "scope", "scopes", "side_branch", "side_heads", "split", "truncate", "volume"]

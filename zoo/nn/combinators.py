@@ -9,9 +9,10 @@ from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..kernels import ConvPolicy
-from .layer import Layer, current_path, name_key, recorder, scope, side_branch
+from .layer import Layer, captured, current_path, name_key, recorder, scope, side_branch
 from .layers import Activation
 
 DEFAULT_POLICY = ConvPolicy()
@@ -34,9 +35,12 @@ def _named(layers: NamedLayers) -> tuple[tuple[str, Layer], ...]:
 
 def _init_children(items, key, in_shape):
     shape, params, state = in_shape, {}, {}
+    rec = recorder()
     for name, layer in items:
         with scope(name):
             shape, p, s = layer.init(name_key(key, name), shape)
+            if rec is not None:
+                rec.end(shape)
         if p:
             params[name] = p
         if s:
@@ -50,6 +54,7 @@ def _apply_children(items, params, state, x, train, rng, policy):
         with scope(name):
             x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
                                rng=name_key(rng, name), policy=policy)
+            captured(x)
         if s:
             new_state[name] = s
     return x, new_state
@@ -62,7 +67,7 @@ def _signature(layer: Layer):
 
 
 def _leaf_shapes(tree):
-    return jax.tree.structure(tree), [(jnp.shape(a), jnp.result_type(a))
+    return jax.tree.structure(tree), [(np.shape(a), jnp.result_type(a))
                                       for a in jax.tree.leaves(tree)]
 
 

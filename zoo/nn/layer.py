@@ -9,9 +9,10 @@ Every layer and every block is a :class:`Layer`:
 layers return ``{}``, which the combinators omit. ``policy`` is the model's
 :class:`zoo.kernels.ConvPolicy` (how convs run), passed down by every combinator.
 
-Two things are trace-time context, never configuration: the naming scope (the path of the
-layer being traced, for keys and error messages) and the recorder (rows for the summary,
-the conv choices of a trace).
+Three things are trace-time context, never configuration: the naming scope (the path of the
+layer being traced, for keys and error messages), the recorder (rows for the summary, the
+conv choices of a trace) and the capture box (the outputs ``Model.apply(capture=...)``
+asked for).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Layer:
 
 _SCOPE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("zoo_scope", default=())
 _RECORDER: contextvars.ContextVar = contextvars.ContextVar("zoo_recorder", default=None)
+_CAPTURE: contextvars.ContextVar = contextvars.ContextVar("zoo_capture", default=None)
 
 
 @contextlib.contextmanager
@@ -68,6 +70,27 @@ def current_path() -> str:
     return "/".join(_SCOPE.get()) or "<input>"
 
 
+@contextlib.contextmanager
+def capturing(paths):
+    """``{path: output}`` of the layers at ``paths`` ("layer2", "layer2/0") traced by
+    ``apply`` inside the block (the combinators report each named child's output)."""
+    got: dict = {}
+    token = _CAPTURE.set((frozenset(paths), got))
+    try:
+        yield got
+    finally:
+        _CAPTURE.reset(token)
+
+
+def captured(y) -> None:
+    """Keep ``y``, the output of the layer being traced, if it is one asked for."""
+    box = _CAPTURE.get()
+    if box is not None:
+        path = "/".join(_SCOPE.get())
+        if path in box[0]:
+            box[1][path] = y
+
+
 def name_key(key, name: str):
     """A key derived from a layer's name, so keys stay stable when other layers change."""
     return None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -87,6 +110,11 @@ class Recorder:
         self.rows: list[dict] = []
         self.convs: list[tuple] = []
         self.rf, self.jump = 1, 1
+        self.ends: dict[str, tuple] = {}   # path -> (out shape, rf, jump) after each named child
+
+    def end(self, out_shape) -> None:
+        """The receptive field and stride after the named layer just initialised."""
+        self.ends[current_path()] = (tuple(out_shape), self.rf, self.jump)
 
     def add(self, kind, out_shape, *, params=0, macs=0, activations=0, kernel=1, stride=1,
             dilation=1):

@@ -254,8 +254,15 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
 
     src_classes, dst_classes = source_model.num_classes, model.num_classes
     label = source.spec.tag if source.spec else os.path.basename(source.path)
+    left_out = []
+    if dst_classes == 0:   # headless or features_only: the weights' head is not in the model
+        have = set(paths.flatten(template))
+        flat = paths.flatten(loaded)
+        left_out = sorted({p.split("/")[1] for p in flat if p not in have})
+        loaded = paths.unflatten({p: v for p, v in flat.items() if p in have})
     merged, reinit = paths.merge(loaded, template, what=f"pretrained {label} for {model.name}",
-                                 skip=_classifier_paths(model) if src_classes != dst_classes else ())
+                                 skip=_classifier_paths(model) if dst_classes and
+                                 src_classes != dst_classes else ())
     merged = jax.device_put(merged)
     total = len(paths.flatten(template))
     if reinit:
@@ -265,6 +272,8 @@ def load_for_finetuning(tag_or_path: str, model: str | Model | None = None,
                    f"{total - len(reinit)} tensors loaded")
     else:
         message = f"pretrained {label}: all {total} tensors loaded"
+    if left_out:
+        message += f" (the model has no {', '.join(left_out)}: left out)"
     if log is not None:
         log(message)
     return merged, {"message": message, "mean": tuple(source.transforms.mean),
