@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= data,torch,test
+EXTRAS ?= data,torch,test,onnx
 
 .PHONY: install train test benchmark docs
 

@@ -108,7 +108,8 @@ def test_import_zoo_is_light():
 def test_one_command_line_with_every_command():
     out = subprocess.run([sys.executable, "-m", "zoo", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for command in ("train", "evaluate", "predict", "visualize", "benchmark", "summary", "list"):
+    for command in ("train", "evaluate", "predict", "visualize", "benchmark", "summary", "list",
+                    "export"):
         assert f"    {command}" in out, command
     (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "zoo"]
     assert entry.value == "zoo.cli:main"

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import benchmark, docs, evaluate, models, predict, train, visualize
+from . import benchmark, docs, evaluate, export, models, predict, train, visualize
 
 __all__ = ["COMMANDS", "Terminated", "build_parser", "main", "script"]
 
@@ -25,6 +25,7 @@ COMMANDS = {
     "train": (train, "train a model (default: lenet5 on the digits that ship with scikit-learn)"),
     "evaluate": (evaluate, "evaluate a training run's best checkpoint, or weights on a dataset"),
     "predict": (predict, "top classes of images under pretrained weights"),
+    "export": (export, "export a model with its weights: StableHLO, TF SavedModel or ONNX"),
     "visualize": (visualize, "filters, activations and fully-convolutional score maps"),
     "benchmark": (benchmark, "speed against torch, interleaved, with the matmul peak"),
     "summary": (models, "per-layer shapes, params, activations, MACs, receptive field"),
