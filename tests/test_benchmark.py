@@ -1,6 +1,7 @@
 """The benchmark harness keeps working: the smallest smoke run (one model, one repetition)
 through ``zoo benchmark``, and its JSON. Not a measurement."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,52 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert data["args"]["targets"] == ["lenet5:infer:32:2"] and data["wall_s"] > 0
 
 
+def test_jit_option_is_checked_and_reaches_the_jax_runner(tmp_path, monkeypatch):
+    """``--jit jax``: the runner compiles with plain jax.jit, recorded in the JSON args."""
+    from zoo.bench import runners, suite
+    assert runners._jit("jax") is jax.jit and runners._jit("zoo") is zoo.jit
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("jit"))
+        return runners.jax_runner(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "jax_runner", spy)
+    out = tmp_path / "bench.json"
+    assert cli.main(["benchmark", "--targets", "lenet5:infer:32:2", "--reps", "1",
+                     "--min-rep-s", "0", "--no-peak", "--jit", "jax", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert calls == ["jax"] and data["args"]["jit"] == "jax"
+    assert data["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+    assert data["targets"][0]["runners"]["jax"]["img_s_median"] > 0
+    assert bench.Options().jit == "zoo"
+    with pytest.raises(ValueError, match="--jit 'flax': choose from zoo, jax"):
+        bench.Options(jit="flax").validate()
+    with pytest.raises(ValueError, match="--jit applies to the JAX runners"):
+        bench.Options(jit="jax", targets=[]).validate()
+    with pytest.raises(ValueError, match="jit must be one of zoo, jax, got 'flax'"):
+        bench.jax_runner(zoo.create("lenet5"), "infer", 1, 32, jit="flax")
+
+
 def test_train_runner_steps_and_threads_state():
     model = zoo.create("lenet5")
     runner = bench.jax_runner(model, "train", 4, 32, optimizer="adam")
     first, second = float(runner.step()), float(runner.step())
     assert np.isfinite(first) and np.isfinite(second) and first != second
+
+
+def test_nnx_runner_is_timed_beside_the_pure_train_step(tmp_path):
+    """``--nnx``: the model as a zoo.flax.NNX module, its nnx.jit step in the same rounds."""
+    from zoo.bench import runners
+    nnx = runners.nnx_runner(zoo.create("lenet5"), 4, 32, optimizer="sgd")
+    losses = [float(nnx.step()) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[2] < losses[0]   # the module learns
+    out = tmp_path / "bench.json"
+    assert cli.main(["benchmark", "--targets", "lenet5:train:32:4", "--reps", "1",
+                     "--min-rep-s", "0", "--no-peak", "--nnx", "--json", str(out)]) == 0
+    target = json.loads(out.read_text())["targets"][0]
+    assert set(target["runners"]) == {"jax", "nnx"} and target["runners"]["nnx"]["img_s_median"] > 0
+    assert len(target["ratios"]["jax/nnx"]["rounds"]) == 1
 
 
 def test_bfloat16_conv_accumulates_in_float32():

@@ -1,5 +1,6 @@
 """What is timed: a compiled JAX inference call or train step on synthetic data under the
-model's conv policy, its compile time, and the torch eager counterpart."""
+model's conv policy (compiled by ``zoo.jit`` or by a user's plain ``jax.jit``), its compile
+time, and the torch eager counterpart."""
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,19 @@ def _optimizer(name: str, lr: float = 0.01):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
+#: how the JAX runners compile: zoo.jit, or a user's plain jax.jit
+JITS = ("zoo", "jax")
+
+
+def _jit(name: str):
+    if name not in JITS:
+        raise ValueError(f"jit must be one of {', '.join(JITS)}, got {name!r}")
+    return xla.jit if name == "zoo" else jax.jit
+
+
 def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
                optimizer: str = "sgd", per_example: bool = False, name: str = "jax",
-               seed: int = 0) -> Runner:
+               seed: int = 0, jit: str = "zoo") -> Runner:
     """A compiled JAX inference call or train step on synthetic data, under the model's
     conv policy.
 
@@ -38,13 +49,16 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     and threaded from call to call, as in a training loop.
     ``per_example``: the inference batch goes through ``lax.map`` one image at a time
     inside the one program.
+    ``jit='zoo'`` compiles with :func:`zoo.jit`; ``'jax'`` with plain ``jax.jit``: what a
+    user's own jit gets (zoo's process-wide ``XLA_FLAGS`` entry unless opted out).
     """
+    compile_with = _jit(jit)
     dt = DTYPES[dtype]
     c = model.input_shape[-1]
     shape = (batch, size, size, c)
     ncls = model.num_classes
     key = jax.random.key(seed)
-    variables = xla.jit(model.init, static_argnums=1)(key, shape)
+    variables = compile_with(model.init, static_argnums=1)(key, shape)
     params, state = variables["params"], variables["state"]
     x = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32).astype(dt)
     y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, ncls)
@@ -61,7 +75,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
             return model.apply(p, s, x)[0]
 
         t0 = time.perf_counter()
-        fn = xla.jit(infer).lower(p, state, x).compile()
+        fn = compile_with(infer).lower(p, state, x).compile()
         compile_s = time.perf_counter() - t0
         return Runner(name, lambda: fn(p, state, x), batch, compile_s)
     if mode != "train":
@@ -84,7 +98,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
 
     carry = (params, state, opt.init(params), jnp.zeros((), jnp.int32))
     t0 = time.perf_counter()
-    fn = xla.jit(train_step, donate_argnums=0).lower(carry, x, y).compile()
+    fn = compile_with(train_step, donate_argnums=0).lower(carry, x, y).compile()
     compile_s = time.perf_counter() - t0
     box = [carry]
 
@@ -201,3 +215,35 @@ def torch_runner(name: str, mode: str, batch: int, size: int, channels: int, num
         return loss
 
     return Runner(label, step, batch)
+
+
+def nnx_runner(model, batch: int, size: int, *, optimizer: str = "sgd", seed: int = 0,
+               name: str = "nnx") -> Runner:
+    """The train step of the model as a Flax NNX module (:class:`zoo.flax.NNX`), as an NNX
+    user writes it: ``nnx.Optimizer`` and ``nnx.value_and_grad`` under ``nnx.jit``, the
+    same loss, optimizer and synthetic batch as :func:`jax_runner`'s train step (float32)."""
+    from flax import nnx
+
+    from ..flax import NNX
+
+    c = model.input_shape[-1]
+    key = jax.random.key(seed)
+    module = NNX(model, input_shape=(batch, size, size, c), rngs=nnx.Rngs(seed))
+    module.train()
+    opt = nnx.Optimizer(module, _optimizer(optimizer), wrt=nnx.Param)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (batch, size, size, c), jnp.float32)
+    y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, model.num_classes)
+
+    @nnx.jit
+    def step(module, opt, x, y):
+        def loss_fn(module):
+            return jnp.mean(cross_entropy(module(x), y))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(module)
+        opt.update(module, grads)
+        return loss
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(module, opt, x, y))   # nnx.jit compiles on the first call
+    return Runner(name, lambda: step(module, opt, x, y), batch, time.perf_counter() - t0)
+

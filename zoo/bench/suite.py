@@ -22,7 +22,7 @@ from .compile import run_compile_report
 from .levers import conv_choices, lever_variants
 from .fed_step import run_fed_step
 from .pipeline import check_folder, run_input_pipeline
-from .runners import jax_runner, torch_runner
+from .runners import JITS, jax_runner, nnx_runner, torch_runner
 from .timing import interleaved, machine, matmul_peak, stats
 
 #: The targets docs/benchmarks.md tracks: inference at 224 batch 8, resnet18 training at
@@ -48,6 +48,8 @@ class Options:
     reps: int = 5                      # timed rounds per runner
     min_rep_s: float = 0.2             # a repetition repeats the call for about this long
     conv_impl: str = "auto"            # the main JAX runner's ConvPolicy.impl
+    jit: str = "zoo"                   # the JAX runners compile with zoo.jit or plain jax.jit
+    nnx: bool = False                  # train targets: also the zoo.flax.NNX module's step
     compare_torch: bool = False
     torch_threads: int = 2
     levers: bool = False
@@ -88,6 +90,8 @@ class Options:
                                  f"{', '.join(choices)}")
         if self.conv_impl not in ("auto", "xla", "im2col"):
             raise ValueError(f"--conv-impl {self.conv_impl!r}: choose from auto, xla, im2col")
+        if self.jit not in JITS:
+            raise ValueError(f"--jit {self.jit!r}: choose from {', '.join(JITS)}")
         for name in ("image_sizes", "batch_sizes"):
             bad = [v for v in getattr(self, name)
                    if isinstance(v, bool) or not isinstance(v, int) or v < 1]
@@ -127,6 +131,11 @@ class Options:
                                     ("pipeline_train", "input_pipeline", "--input-pipeline")):
             if getattr(self, name) != getattr(default, name) and not getattr(self, needs):
                 raise ValueError(f"{_flag(name)} applies only with {switch}")
+        targets = self.models or (self.targets if self.targets is not None
+                                  else [] if self.input_pipeline else DEFAULT_TARGETS)
+        if self.jit != default.jit and not targets:
+            raise ValueError("--jit applies to the JAX runners of --targets or --models, and "
+                             "this run has none")
         if self.peak_size is not None and self.no_peak:
             raise ValueError("--peak-size contradicts --no-peak: give one of them")
 
@@ -213,16 +222,19 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
 
     runners = []
     kw = dict(optimizer=t["opt"])
+    jkw = dict(kw, jit=args.jit)
     log(f"\n== {name}: {2 * macs / 1e9:.3f} GFLOP/image forward; convs {result['conv_choices']}")
     runners.append(jax_runner(model, t["mode"], t["batch"], t["size"], t["dtype"],
-                                    name="jax", **kw))
+                                    name="jax", **jkw))
     if args.levers:
         for vname, variant in lever_variants(model, t["mode"], shape, t["dtype"]).items():
             runners.append(jax_runner(variant, t["mode"], t["batch"], t["size"], t["dtype"],
-                                            name=vname, **kw))
+                                            name=vname, **jkw))
     if args.per_example and t["mode"] == "infer" and t["batch"] > 1:
         runners.append(jax_runner(model, "infer", t["batch"], t["size"], t["dtype"],
-                                        per_example=True, name="per_example", **kw))
+                                        per_example=True, name="per_example", **jkw))
+    if args.nnx and t["mode"] == "train" and t["dtype"] == "float32":
+        runners.append(nnx_runner(model, t["batch"], t["size"], **kw))
     if args.compare_torch:
         try:
             import torch
@@ -269,11 +281,15 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
     ``args.json`` the results are written after each part (a killed run keeps them)."""
     args = (args or Options()).validate()
     started = time.time()
-    results = dict(machine=machine(), args=dataclasses.asdict(args), peaks={}, targets=[])
+    # the process's XLA_FLAGS (import zoo's entry unless opted out): with --jit jax they
+    # decide what a plain jax.jit compiles
+    results = dict(machine=machine(), args=dataclasses.asdict(args),
+                   xla_flags=os.environ.get("XLA_FLAGS", ""), peaks={}, targets=[])
     targets = targets_from(args)
     log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"jax {jax.__version__} ({jax.default_backend()}), "
-        f"torch {results['machine'].get('torch', 'absent')}")
+        f"torch {results['machine'].get('torch', 'absent')}; compiled by "
+        f"{'zoo.jit' if args.jit == 'zoo' else 'jax.jit'}, XLA_FLAGS={results['xla_flags']!r}")
     n = args.peak_size or (2048 if jax.default_backend() == "cpu" else 8192)
     if not args.no_peak and (targets or not args.input_pipeline):
         for dtype in sorted({t["dtype"] for t in targets} | {"float32"}):

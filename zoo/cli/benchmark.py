@@ -8,6 +8,7 @@ round by round (:func:`zoo.bench.run`; docs/benchmarks.md).
         --dtypes float32 bfloat16 --compare-torch
     zoo benchmark --targets --compile-report resnet18 resnet50 resnet152
     zoo benchmark --input-pipeline photos/ --workers 2 --reps 5
+    zoo benchmark --jit jax             # the runners under a user's plain jax.jit
 
 A target is ``MODEL:MODE:SIZE:BATCH`` plus optional ``:classes=N``, ``:opt=adam|sgd``.
 Numbers are facts of one shared machine at one time: compare the ratios within a run.
@@ -37,6 +38,14 @@ def add_arguments(p, name: str) -> None:
                    help="a repetition repeats the call until it lasts about this long")
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col"],
                    help="ConvPolicy.impl of the main JAX runner")
+    p.add_argument("--jit", default="zoo", choices=["zoo", "jax"],
+                   help="how the JAX runners compile: zoo.jit, or plain jax.jit (what a "
+                        "user's own jit gets: XLA_FLAGS as import zoo left it; set "
+                        "ZOO_XLA_FLAGS=0 for JAX's defaults)")
+    p.add_argument("--nnx", action="store_true",
+                   help="train targets (float32): also time the model as a Flax NNX module "
+                        "(zoo.flax.NNX, nnx.Optimizer, nnx.jit), interleaved; the ratio "
+                        "jax/nnx is the pure step's time over the module's")
     p.add_argument("--compare-torch", action="store_true",
                    help="also torch eager, NCHW and channels_last, interleaved with JAX")
     p.add_argument("--torch-threads", type=int, default=2)
