@@ -52,14 +52,6 @@ def shapes(tree):
     return {p: tuple(np.shape(v)) for p, v in paths.flatten(tree).items()}
 
 
-def accepts(name, **config) -> bool:
-    try:
-        zoo.create(name, **config)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def tiny_model():
     """conv-BN-relu, dropout 0.5 and a dense head on 8x8x1: BatchNorm and dropout in a moment."""
     layers = [("conv1", znn.Conv(4, 3, padding=1)), ("bn1", znn.BatchNorm()),
@@ -190,11 +182,7 @@ def test_pretrained_weights_fill_the_params():
 
 def test_headless_and_features_only_are_forwarded():
     x = normal(6, LENET)
-    cases = [dict(num_classes=0), dict(features_only=True)]
-    run = [c for c in cases if accepts("lenet5", **c)]
-    if not run:
-        pytest.skip("zoo.create does not accept num_classes=0 or features_only=True yet")
-    for config in run:
+    for config in (dict(num_classes=0), dict(features_only=True)):
         pure = zoo.create("lenet5", **config)
         variables = zflax.Linen("lenet5", **config).init(jax.random.key(0), x)
         expected, _ = pure.apply(variables["params"], {}, x)
@@ -277,9 +265,6 @@ def test_nnx_orbax_checkpoint_restores_into_a_fresh_module(resnet, tmp_path):
 
 
 def test_docs_examples_run(tmp_path, monkeypatch):
-    if not accepts("lenet5", num_classes=0):
-        pytest.skip("the examples use a headless backbone: zoo.create does not accept "
-                    "num_classes=0 yet")
     pytest.importorskip("orbax.checkpoint")
     monkeypatch.chdir(tmp_path)
     for section in ("Flax Linen", "Flax NNX"):
