@@ -16,8 +16,11 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert cli.main(["benchmark", "--targets", "lenet5:infer:32:2", "--reps", "1",
                      "--min-rep-s", "0", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["machine"]["jax"] == jax.__version__ and data["machine"]["cores"] >= 1
-    assert data["peaks"]["float32"] > 0
+    m = data["machine"]
+    assert m["jax"] == jax.__version__ and m["cores"] >= 1
+    assert m["kind"] == f"{m['cpu']} (family {m['family']}, model {m['model']})"
+    assert set(m["isa"]) <= set(bench.timing.ISA_FLAGS)
+    assert data["peaks"]["float32"] > 0 and data["peaks"]["bfloat16"] > 0   # both peaks
     (t,) = data["targets"]
     assert (t["model"], t["mode"], t["size"], t["batch"], t["dtype"]) == ("lenet5", "infer", 32, 2, "float32")
     # lenet5: conv1 28*28*25*6 + conv2 10*10*150*16 + fc 400*120 + 120*84 + 84*10 MACs

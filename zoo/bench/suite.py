@@ -286,13 +286,14 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
     results = dict(machine=machine(), args=dataclasses.asdict(args),
                    xla_flags=os.environ.get("XLA_FLAGS", ""), peaks={}, targets=[])
     targets = targets_from(args)
-    log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+    m = results["machine"]
+    log(f"machine: {m['kind']}, {m['cores']} cores, flags {' '.join(m['isa']) or 'none known'}, "
         f"jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {results['machine'].get('torch', 'absent')}; compiled by "
         f"{'zoo.jit' if args.jit == 'zoo' else 'jax.jit'}, XLA_FLAGS={results['xla_flags']!r}")
     n = args.peak_size or (2048 if jax.default_backend() == "cpu" else 8192)
     if not args.no_peak and (targets or not args.input_pipeline):
-        for dtype in sorted({t["dtype"] for t in targets} | {"float32"}):
+        for dtype in sorted({t["dtype"] for t in targets} | {"float32", "bfloat16"}):
             results["peaks"][dtype] = matmul_peak(dtype, n=n, reps=max(args.reps, 3))
             log(f"jnp.dot {n}^2 peak, {dtype}{' (f32 accumulation)' if dtype != 'float32' else ''}: "
                 f"{results['peaks'][dtype]:.0f} GFLOP/s")

@@ -55,19 +55,37 @@ def _block(r):
         jax.block_until_ready(r)
 
 
+#: CPU flags that decide how fast the convolutions and matmuls can run (vector width, the
+#: bfloat16 and int8 dot instructions, Intel's AMX tiles)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    return out
+
+
 def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
-        isa = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {x}" in flags]
-    except OSError:
-        isa = []
-    info = dict(cpu=cpu, isa=isa, cores=os.cpu_count(), python=platform.python_version(),
+    """What the numbers were measured on: the CPU's model name, vendor, family and model
+    (``kind``: one table per kind in docs/benchmarks.md), the flags of :data:`ISA_FLAGS` it
+    has, cores, versions, the load."""
+    info = _cpuinfo()
+    cpu = info.get("model name") or platform.processor() or ""
+    flags = set(info.get("flags", "").split())
+    family, model = info.get("cpu family", "?"), info.get("model", "?")
+    info = dict(cpu=cpu, vendor=info.get("vendor_id", ""), family=family, model=model,
+                kind=f"{cpu} (family {family}, model {model})",
+                isa=[x for x in ISA_FLAGS if x in flags], cores=os.cpu_count(),
+                python=platform.python_version(),
                 jax=jax.__version__, backend=jax.default_backend(),
                 devices=[str(d) for d in jax.devices()],
                 xla_flags=os.environ.get("XLA_FLAGS", ""))
