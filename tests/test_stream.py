@@ -93,6 +93,10 @@ def test_run_stream_is_each_epochs_batches_from_one_iterator(sets):
                                           np.concatenate([b[0] for b in want]))
         with pytest.raises(RuntimeError, match=r"nothing more \(every epoch was read\)"):
             rs.train(3)
+    with data.RunStream(data.stream_batches(train, train=True, **kw), None, range(2)) as part:
+        next(part.train(0))   # an epoch left after one batch: the next starts where it belongs
+        for got, want in zip(list(part.train(1)), _epoch(train, epoch=1)):
+            np.testing.assert_array_equal(got[0], want[0])
     again = data.RunStream(data.stream_batches(train, train=True, **kw), None, range(2))
     with pytest.raises(RuntimeError, match=r"asked for the train batches of epoch 1; the stream "
                                            r"holds the train batches of epoch 0 next"):

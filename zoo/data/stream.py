@@ -261,8 +261,10 @@ class StreamBatches:
 class RunStream:
     """The batches of many epochs from one set of worker processes, started once: epoch
     after epoch, its training batches (:meth:`train`) then, when an evaluation set is
-    given, its evaluation batches (:meth:`evaluation`), asked for in that order. The
-    workers read ahead across the boundaries; :meth:`close` (or ``with``) stops them.
+    given, its evaluation batches (:meth:`evaluation`), asked for in that order (a part
+    left unfinished is skipped to its end when the next is asked for, never read as the
+    next). The workers read ahead across the boundaries; :meth:`close` (or ``with``) stops
+    them.
 
     ``train``/``evaluation``: :class:`StreamBatches` (their ``epoch`` is ignored; the
     workers are the training set's), ``epochs``: the epochs to stream, e.g.
@@ -280,7 +282,7 @@ class RunStream:
             parts.append((train.maker, e, len(train)))
             if evaluation is not None:
                 parts.append((evaluation.maker, 0, len(evaluation)))
-        self._schedule, self._it, self._next = _Schedule(parts), None, None
+        self._schedule, self._it, self._left = _Schedule(parts), None, [0]
         self._expect = [(e, kind) for e in self.epochs
                         for kind in (("train", "eval") if evaluation is not None else ("train",))]
 
@@ -293,7 +295,15 @@ class RunStream:
         self._expect.pop(0)
         if self._it is None:
             self._it = _iterate(self._schedule, self.train_batches.workers)
-        return (next(self._it) for _ in range(count))
+        for _ in range(self._left[0]):   # a part left unfinished: its rest is skipped, so
+            next(self._it)               # that every part starts where it belongs
+        self._left[0] = count
+        return self._part(count)
+
+    def _part(self, count: int):
+        for _ in range(count):
+            self._left[0] -= 1
+            yield next(self._it)
 
     def train(self, epoch: int):
         """The training batches of ``epoch`` (the next epoch of the stream)."""
