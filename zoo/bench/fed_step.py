@@ -11,18 +11,12 @@ ready; the ratio is the fed trainer's images/s over the bare step's (1.0: the in
 nothing)."""
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 from typing import Callable
 
 import jax
 
-
-
-def _spread(values) -> dict:
-    return dict(median=statistics.median(values), min=min(values), max=max(values),
-                rounds=list(values))
 
 
 def run_fed_step(folder, model_name: str, *, batch_size: int = 32, workers: int = 2,
@@ -32,6 +26,7 @@ def run_fed_step(folder, model_name: str, *, batch_size: int = 32, workers: int 
     from .. import create
     from ..data import RunStream, open_stream, stream_batches
     from ..train import Trainer, as_config
+    from .pipeline import _spread
     from .runners import jax_runner
 
     model = create(model_name)

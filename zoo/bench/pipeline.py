@@ -99,10 +99,15 @@ class TorchLoader:
         loader = self.torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
             num_workers=self.workers, generator=g)
-        with warnings.catch_warnings():   # its forked workers run torch only, never JAX
-            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-            it = iter(loader)
-        return it, getattr(it, "_shutdown_workers", lambda: None)
+        return _torch_iter(loader)
+
+
+def _torch_iter(loader):
+    """``(iterator, close)`` of a torch DataLoader."""
+    with warnings.catch_warnings():   # its forked workers run torch only, never JAX
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        it = iter(loader)
+    return it, getattr(it, "_shutdown_workers", lambda: None)
 
 
 def time_round(loader, epoch: int, batches: int) -> dict:
@@ -232,30 +237,27 @@ def transfer_costs(workers: int, batch_shape, batches: int) -> dict:
     from ..data.stream import _iterate, _Schedule
 
     n = batch_shape[0]
-    out = {}
-    it = _iterate(_Schedule([(_MadeBatch(batch_shape), 0, batches + 1)]), workers)
-    try:
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        out["zoo"] = 1e3 * (time.perf_counter() - t0) / (batches * n)
-    finally:
-        it.close()
     chw = (batch_shape[3], batch_shape[1], batch_shape[2])
-    loader = torch.utils.data.DataLoader(_MadeImage(chw, (batches + 1) * n), batch_size=n,
-                                         num_workers=workers)
-    with warnings.catch_warnings():   # as in TorchLoader.epoch
-        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-        it = iter(loader)
-    try:
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        out["torch"] = 1e3 * (time.perf_counter() - t0) / (batches * n)
-    finally:
-        getattr(it, "_shutdown_workers", lambda: None)()
+
+    def zoo():
+        it = _iterate(_Schedule([(_MadeBatch(batch_shape), 0, batches + 1)]), workers)
+        return it, it.close
+
+    def torch_():   # started only when its turn comes: never beside zoo's workers
+        return _torch_iter(torch.utils.data.DataLoader(
+            _MadeImage(chw, (batches + 1) * n), batch_size=n, num_workers=workers))
+
+    out = {}
+    for name, start in (("zoo", zoo), ("torch", torch_)):
+        it, close = start()
+        try:
+            next(it)   # the workers' start, excluded
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            out[name] = 1e3 * (time.perf_counter() - t0) / (batches * n)
+        finally:
+            close()
     return out
 
 
