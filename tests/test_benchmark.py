@@ -19,7 +19,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
     m = data["machine"]
     assert m["jax"] == jax.__version__ and m["cores"] >= 1
     assert m["kind"] == f"{m['cpu']} (family {m['family']}, model {m['model']})"
-    assert set(m["isa"]) <= set(bench.timing.ISA_FLAGS)
+    assert set(m["isa"]) <= set(zoo.machine.ISA_FLAGS)
     assert data["peaks"]["float32"] > 0 and data["peaks"]["bfloat16"] > 0   # both peaks
     (t,) = data["targets"]
     assert (t["model"], t["mode"], t["size"], t["batch"], t["dtype"]) == ("lenet5", "infer", 32, 2, "float32")

@@ -13,8 +13,8 @@ it), so a plain ``jax.jit`` or a Flax train step around a zoo model runs as fast
 workflows are submodules, imported on first use so that ``import zoo`` stays light:
 ``zoo.weights`` (also ``zoo.pretrained``), ``zoo.train``, ``zoo.data``, ``zoo.fully_conv``,
 ``zoo.flax`` (Linen and NNX modules), ``zoo.export`` (StableHLO, SavedModel, ONNX),
-``zoo.checkpoint``, ``zoo.visualize``, ``zoo.bench``, ``zoo.cli``. docs/design.md maps the
-package.
+``zoo.checkpoint``, ``zoo.visualize``, ``zoo.bench``, ``zoo.tuning`` (``zoo.tune``: the conv
+policy measured on this machine), ``zoo.cli``. docs/design.md maps the package.
 """
 import importlib
 
@@ -32,18 +32,23 @@ __version__ = "0.1.0"
 
 #: submodules imported when first reached as ``zoo.<name>`` (PEP 562)
 LAZY_SUBMODULES = ("bench", "checkpoint", "cli", "data", "export", "flax", "fully_conv",
-                   "models", "pretrained", "train", "visualize", "weights")
+                   "machine", "models", "pretrained", "train", "tuning", "visualize", "weights")
+#: functions imported from their submodule when first reached: ``zoo.tune`` is
+#: ``zoo.tuning.tune`` (measure a model's convolutions on this machine)
+LAZY_FUNCTIONS = {"tune": "tuning", "tuned_policy": "tuning"}
 
 __all__ = ["ConvPolicy", "Layer", "Model", "Summary", "count_params", "create", "get_config",
            "images", "jit", "kernels", "list_models", "list_weights", "nn", "paths", "register",
-           "registry", "summary", "__version__", *LAZY_SUBMODULES]
+           "registry", "summary", "__version__", *LAZY_SUBMODULES, *LAZY_FUNCTIONS]
 
 
 def __getattr__(name):
     if name in LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(f".{LAZY_FUNCTIONS[name]}", __name__), name)
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(LAZY_SUBMODULES) | set(LAZY_FUNCTIONS))

@@ -9,14 +9,16 @@ from .. import kernels, nn
 from ..train import DTYPES
 
 
-def conv_choices(model, input_shape, *, dtype: str = "float32") -> list[tuple]:
+def conv_choices(model, input_shape, *, dtype: str = "float32", train: bool = False) -> list[tuple]:
     """What each conv of ``model`` runs as for ``input_shape`` under its policy (traced
-    abstractly, nothing computed): rows ``(path, impl, input shape, kernel shape)``."""
+    abstractly, nothing computed; ``train``: in a train step): rows ``(path, impl, input
+    shape, kernel shape)``."""
     abstract, _ = model.abstract_init(input_shape)
     x = jax.ShapeDtypeStruct(tuple(input_shape), DTYPES[dtype])
+    rng = jax.random.key(0)
     with nn.recording() as rec:
-        jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], abstract["params"],
-                       abstract["state"], x)
+        jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=train, rng=rng)[0],
+                       abstract["params"], abstract["state"], x)
     return rec.convs
 
 
@@ -45,7 +47,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
         return [(p, "xla" if mode == "infer" and i in custom and custom[i].forward == "xla"
                  else i, x, w) for p, i, x, w in rows]
 
-    base = same_program(conv_choices(model, input_shape, dtype=dtype))
+    train = mode == "train"
+    base = same_program(conv_choices(model, input_shape, dtype=dtype, train=train))
     out = {}
     for name, (changes, modes) in LEVER_VARIANTS.items():
         if mode not in modes:
@@ -57,7 +60,7 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
         elif name == "no_input_grad":
             if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
                 continue
-        elif same_program(conv_choices(variant, input_shape, dtype=dtype)) == base:
+        elif same_program(conv_choices(variant, input_shape, dtype=dtype, train=train)) == base:
             continue
         out[name] = variant
     return out

@@ -17,6 +17,8 @@ import jax
 from .. import registry
 from ..kernels import ConvPolicy
 from ..summary import summary
+from ..train import DTYPES
+from ..tuning import POLICIES, named_policy
 from .dense_eval import benchmark_dense_eval
 from .compile import run_compile_report
 from .levers import conv_choices, lever_variants
@@ -48,6 +50,7 @@ class Options:
     reps: int = 5                      # timed rounds per runner
     min_rep_s: float = 0.2             # a repetition repeats the call for about this long
     conv_impl: str = "auto"            # the main JAX runner's ConvPolicy.impl
+    policy: list = dataclasses.field(default_factory=lambda: ["tuned"])  # main runner's, others
     jit: str = "zoo"                   # the JAX runners compile with zoo.jit or plain jax.jit
     nnx: bool = False                  # train targets: also the zoo.flax.NNX module's step
     compare_torch: bool = False
@@ -90,6 +93,10 @@ class Options:
                                  f"{', '.join(choices)}")
         if self.conv_impl not in ("auto", "xla", "im2col"):
             raise ValueError(f"--conv-impl {self.conv_impl!r}: choose from auto, xla, im2col")
+        bad = [v for v in self.policy if v not in POLICIES]
+        if bad or not self.policy or len(set(self.policy)) != len(self.policy):
+            raise ValueError(f"--policy {' '.join(map(str, self.policy))}: give one or more of "
+                             f"{', '.join(POLICIES)}, each once")
         if self.jit not in JITS:
             raise ValueError(f"--jit {self.jit!r}: choose from {', '.join(JITS)}")
         for name in ("image_sizes", "batch_sizes"):
@@ -215,7 +222,14 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     flops = 2 * macs * t["batch"] * (3 if t["mode"] == "train" else 1)
     peak = peaks.get(t["dtype"])
     result = dict(target=name, **t, macs_per_image=macs, flops_per_call=flops, runners={})
-    choices = conv_choices(model, shape, dtype=t["dtype"])
+    train = t["mode"] == "train"
+    models = {}
+    for i, name_ in enumerate(args.policy):
+        policy, line = named_policy(name_, model, shape, train=train, dtype=DTYPES[t["dtype"]])
+        models["jax" if i == 0 else f"policy_{name_}"] = (model.with_policy(policy), line)
+    model = models["jax"][0]
+    result["policies"] = {k: line for k, (_, line) in models.items()}
+    choices = conv_choices(model, shape, dtype=t["dtype"], train=train)
     result["conv_choices"] = {}
     for _, impl, _, _ in choices:
         result["conv_choices"][impl] = result["conv_choices"].get(impl, 0) + 1
@@ -224,8 +238,17 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     kw = dict(optimizer=t["opt"])
     jkw = dict(kw, jit=args.jit)
     log(f"\n== {name}: {2 * macs / 1e9:.3f} GFLOP/image forward; convs {result['conv_choices']}")
+    log(f"   jax: {models['jax'][1]}")
     runners.append(jax_runner(model, t["mode"], t["batch"], t["size"], t["dtype"],
                                     name="jax", **jkw))
+    for rname, (other, line) in list(models.items())[1:]:
+        if conv_choices(other, shape, dtype=t["dtype"], train=train) == choices:
+            log(f"   {rname}: the same conv choices as jax's, not timed again")
+            result["policies"][rname] += " (same program as jax's)"
+            continue
+        log(f"   {rname}: {line}")
+        runners.append(jax_runner(other, t["mode"], t["batch"], t["size"], t["dtype"],
+                                  name=rname, **jkw))
     if args.levers:
         for vname, variant in lever_variants(model, t["mode"], shape, t["dtype"]).items():
             runners.append(jax_runner(variant, t["mode"], t["batch"], t["size"], t["dtype"],

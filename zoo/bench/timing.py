@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernels import xla
+from ..machine import cpu as cpu_info
 from ..train import DTYPES
 
 
@@ -55,37 +56,10 @@ def _block(r):
         jax.block_until_ready(r)
 
 
-#: CPU flags that decide how fast the convolutions and matmuls can run (vector width, the
-#: bfloat16 and int8 dot instructions, Intel's AMX tiles)
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_bf16", "amx_int8")
-
-
-def _cpuinfo() -> dict:
-    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
-    out = {}
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                out[key.strip()] = value.strip()
-    return out
-
-
 def machine() -> dict:
-    """What the numbers were measured on: the CPU's model name, vendor, family and model
-    (``kind``: one table per kind in docs/benchmarks.md), the flags of :data:`ISA_FLAGS` it
-    has, cores, versions, the load."""
-    info = _cpuinfo()
-    cpu = info.get("model name") or platform.processor() or ""
-    flags = set(info.get("flags", "").split())
-    family, model = info.get("cpu family", "?"), info.get("model", "?")
-    info = dict(cpu=cpu, vendor=info.get("vendor_id", ""), family=family, model=model,
-                kind=f"{cpu} (family {family}, model {model})",
-                isa=[x for x in ISA_FLAGS if x in flags], cores=os.cpu_count(),
-                python=platform.python_version(),
+    """What the numbers were measured on: :func:`zoo.machine.cpu` (``kind``: one table per
+    kind in docs/benchmarks.md), versions, the load."""
+    info = dict(cpu_info(), python=platform.python_version(),
                 jax=jax.__version__, backend=jax.default_backend(),
                 devices=[str(d) for d in jax.devices()],
                 xla_flags=os.environ.get("XLA_FLAGS", ""))

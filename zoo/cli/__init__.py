@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import benchmark, docs, evaluate, export, models, predict, train, visualize
+from . import benchmark, docs, evaluate, export, models, predict, train, tune, visualize
 
 __all__ = ["COMMANDS", "Terminated", "build_parser", "main", "script"]
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "export": (export, "export a model with its weights: StableHLO, TF SavedModel or ONNX"),
     "visualize": (visualize, "filters, activations and fully-convolutional score maps"),
     "benchmark": (benchmark, "speed against torch, interleaved, with the matmul peak"),
+    "tune": (tune, "measure the fastest implementation of each convolution on this machine"),
     "summary": (models, "per-layer shapes, params, activations, MACs, receptive field"),
     "list": (models, "registered models (and their weights)"),
     "docs": (docs, "regenerate docs/models.md and the pictures of docs/fully_conv.md"),

@@ -50,6 +50,9 @@ def add_arguments(p, name: str) -> None:
                    help="fail on an unreadable image instead of skipping it with a warning "
                         "(--weights)")
     p.add_argument("--batch-size", type=at_least(1), help="default 64")
+    p.add_argument("--policy", choices=("tuned", "default", "xla"), default="tuned",
+                   help="how the convolutions run: tuned (the default rules plus what `zoo "
+                        "tune` measured on this machine), default or xla; default tuned")
     p.add_argument("--output", type=output_file,
                    help="confusion-matrix PNG path (default: in the run directory; with "
                         "--weights ./confusion_<weights>-<dataset>.png)")
@@ -83,8 +86,10 @@ def _run_run(args) -> int:
 
     report = T.evaluate_run(args.run, dataset=args.dataset, data_dir=args.data_dir,
                             checkpoint=args.checkpoint, batch_size=args.batch_size,
+                            policy=args.policy,
                             output=args.output)
     print(f"checkpoint: {report['checkpoint']}")
+    print(report["policy"])
     print(f"accuracy on {report['eval_split']} ({report['count']} images): "
           f"{report['accuracy']:.4f}  (loss {report['loss']:.4f})")
     print("per-class accuracy:")
@@ -110,10 +115,12 @@ def _run_weights(args) -> int:
             args.weights, args.dataset, model=args.model, labels=args.labels,
             data_dir=args.data_dir, split=args.split, batch_size=args.batch_size or 64,
             limit=args.limit, output=args.output, workers=args.workers,
-            strict_images=bool(args.strict_images), progress=args.progress)
+            strict_images=bool(args.strict_images), progress=args.progress,
+            policy=args.policy)
     for w in said:
         warn(str(w.message))
     print(f"{r['model']} with {r['weights']} on {r['dataset']} ({r['layout']})")
+    print(r["policy"])
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
     print(f"top-1 {r['top1']:.4f}  top-{r['top_k']} {r['top5']:.4f}  ({r['count']} images"
           f"{skipped}; {r['images_per_second']:,.1f} images/s, {r['seconds']:.1f} s)")

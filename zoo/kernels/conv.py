@@ -233,17 +233,18 @@ def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, rou
 
 
 def choose(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
-           policy: ConvPolicy | None = None, where="<input>") -> str:
+           policy: ConvPolicy | None = None, train=False, where="<input>") -> str:
     """The implementation :func:`conv2d` runs for these arguments: ``impl`` when given, else
-    the policy's choice when traced, else ``'xla'`` (an eager call: one dispatch)."""
+    the policy's choice when traced (``train``: the layer runs in a train step), else
+    ``'xla'`` (an eager call: one dispatch)."""
     g, _ = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                     groups=groups, rounding=rounding, dtype=x.dtype, where=where)
-    return _resolve(g, x, impl, policy or DEFAULT_POLICY, where)
+    return _resolve(g, x, impl, policy or DEFAULT_POLICY, where, train)
 
 
-def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str) -> str:
+def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str, train=False) -> str:
     if impl is None or impl == "auto":
-        return policy.choose(g) if isinstance(x, jax.core.Tracer) else "xla"
+        return policy.choose(g, train) if isinstance(x, jax.core.Tracer) else "xla"
     if impl not in IMPLS:
         raise ValueError(f"conv impl must be one of {IMPLS} or 'auto', got {impl!r}")
     if impl == "taps" and g.groups != 1:
@@ -256,16 +257,17 @@ def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str) -> str:
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
-           policy: ConvPolicy | None = None, precision=None, where="<input>"):
+           policy: ConvPolicy | None = None, precision=None, train=False, where="<input>"):
     """2-D convolution, NHWC x HWIO -> NHWC, symmetric zero padding ``P`` per side.
 
     ``impl``: one of :data:`~zoo.kernels.policy.IMPLS`, or None/``'auto'`` for ``policy``'s
-    choice (default :class:`ConvPolicy()`). The result has ``x``'s dtype; low-precision
-    inputs accumulate as the policy says. ``where`` names the layer in errors."""
+    choice (default :class:`ConvPolicy()`; ``train``: its choice for a train step). The result
+    has ``x``'s dtype; low-precision inputs accumulate as the policy says. ``where`` names
+    the layer in errors."""
     policy = policy or DEFAULT_POLICY
     g, padding = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, rounding=rounding, dtype=x.dtype, where=where)
-    impl = _resolve(g, x, impl, policy, where)
+    impl = _resolve(g, x, impl, policy, where, train)
     pads = padding_pairs(x.shape, w.shape[:2], g.stride, padding, g.dilation, g.out_hw)
     w = w.astype(x.dtype)
     geom = Geom(g.stride, tuple(map(tuple, pads)), g.dilation, groups, precision,

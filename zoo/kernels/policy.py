@@ -8,6 +8,7 @@ measurements are in docs/benchmarks.md ("How the convolutions are chosen").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -20,6 +21,13 @@ from .winograd import tile_grid
 #: within float tolerance.
 IMPLS = ("xla", "im2col", "xla+stored", "xla+mmgrad", "taps", "winograd")
 FORCED = ("auto", "xla", "im2col")
+
+
+#: 'taps' unrolls kh*kw*Cin*Cout multiply-adds into the program: beyond this many it is
+#: never a candidate (LeNet-5's conv1 has 150; AlexNet's stem 23,232).
+TAPS_MAX_TERMS = 1024
+#: im2col materialises kh*kw copies of the input: no candidate whose buffer exceeds this.
+IM2COL_MAX_BYTES = 1 << 30
 
 
 class ConvGeometry(NamedTuple):
@@ -36,6 +44,14 @@ class ConvGeometry(NamedTuple):
     @property
     def pixels(self) -> int:
         return self.out_hw[0] * self.out_hw[1]
+
+    def key(self, train: bool = False) -> str:
+        """The name a measured choice is stored under (:attr:`ConvPolicy.tuned`): dtype,
+        mode, input, kernel, stride, dilation, groups, output map."""
+        dims = lambda t: "x".join(map(str, t))  # noqa: E731
+        return (f"{jnp.dtype(self.dtype).name} {'train' if train else 'infer'} "
+                f"x{dims(self.x_shape)} k{dims(self.w_shape)} s{dims(self.stride)} "
+                f"d{dims(self.dilation)} g{self.groups} o{dims(self.out_hw)}")
 
     def winograd_shape(self) -> bool:
         """Whether F(2x2, 3x3) computes it: 3x3, stride 1, undilated, ungrouped."""
@@ -90,6 +106,9 @@ class ConvPolicy:
     scan_min_run: int = 6
     #: set by Sequential for the body of a scanned run: its convs take matmul-form gradients.
     loop_body: bool = False
+    #: measured choices, ``((ConvGeometry.key(train), impl), ...)``, consulted before the
+    #: rules above outside scanned runs (``zoo.tune`` measures them on the machine at hand).
+    tuned: tuple = ()
 
     def __post_init__(self):
         choices = {"impl": FORCED, "input_grad": ("conv", "autodiff"),
@@ -100,6 +119,12 @@ class ConvPolicy:
                                  f"{getattr(self, name)!r}")
         tiers = tuple((int(m), int(c)) for m, c in self.winograd)  # lists -> hashable
         object.__setattr__(self, "winograd", tiers)
+        table = tuple((str(k), str(v)) for k, v in dict(self.tuned).items())
+        for key, impl in table:
+            if impl not in IMPLS:
+                raise ValueError(f"ConvPolicy.tuned: {key!r} -> {impl!r}; an implementation "
+                                 f"must be one of {IMPLS}")
+        object.__setattr__(self, "tuned", tuple(sorted(table)))
         for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
                      "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
             if int(getattr(self, name)) < 0:
@@ -125,12 +150,26 @@ class ConvPolicy:
         """Whether the rules apply on this backend (else every conv is XLA's)."""
         return not (self.cpu_only and jax.default_backend() != "cpu")
 
-    def choose(self, g: ConvGeometry) -> str:
-        """The implementation for one traced convolution (one of :data:`IMPLS`)."""
+    @functools.cached_property
+    def _table(self) -> dict:
+        return dict(self.tuned)
+
+    def choose(self, g: ConvGeometry, train: bool = False) -> str:
+        """The implementation for one traced convolution (one of :data:`IMPLS`): the measured
+        one where :attr:`tuned` has this geometry and mode, else :meth:`rule`'s."""
         if self.impl != "auto":
             return self.impl
         if not self.active():
             return "xla"
+        if self.tuned and not self.loop_body:
+            measured = self._table.get(g.key(train))
+            if measured in candidates(g, train):
+                return measured
+        return self.rule(g)
+
+    def rule(self, g: ConvGeometry) -> str:
+        """The hand-tuned rules below, tried in order (docs/benchmarks.md gives each one's
+        measurements)."""
         kh, kw, cin_g, cout = g.w_shape
         if g.pixels <= self.small_map:
             return "im2col"
@@ -163,3 +202,23 @@ class ConvPolicy:
         if not low or self.low_precision != "f32acc":
             return None
         return jnp.float32 if self.active() else None  # accelerators accumulate in float32
+
+
+def candidates(g: ConvGeometry, train: bool = False) -> tuple:
+    """The implementations that can run ``g`` (what ``zoo.tune`` measures). In inference
+    the custom convs with XLA's forward are XLA's convolution, so only their distinct
+    programs are listed."""
+    kh, kw, cin_g, cout = g.w_shape
+    out = ["xla"]
+    cols = g.x_shape[0] * g.pixels * kh * kw * cin_g * g.groups * jnp.dtype(g.dtype).itemsize
+    if cols <= IM2COL_MAX_BYTES:
+        out.append("im2col")
+    if train:
+        out.append("xla+stored")
+        if g.groups == 1:
+            out.append("xla+mmgrad")
+    if g.groups == 1 and kh * kw * cin_g * cout <= TAPS_MAX_TERMS:
+        out.append("taps")
+    if g.winograd_shape() and jnp.dtype(g.dtype) == jnp.float32:
+        out.append("winograd")
+    return tuple(out)

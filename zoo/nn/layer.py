@@ -99,7 +99,8 @@ def name_key(key, name: str):
 class Recorder:
     """Collects one row per primitive layer during ``init`` (see :mod:`zoo.summary`), and
     ``convs``: ``(layer path, implementation, input shape, kernel shape)`` for every conv
-    traced by ``apply`` inside the block (what the model's conv policy chose).
+    traced by ``apply`` inside the block (what the model's conv policy chose), and
+    ``conv_args``: each one's :func:`zoo.kernels.conv2d` arguments (what ``zoo.tune`` times).
 
     It also tracks the receptive field and cumulative stride (the "jump") of the
     activations flowing through the net: a k x k layer with dilation d and stride s maps
@@ -109,6 +110,7 @@ class Recorder:
     def __init__(self):
         self.rows: list[dict] = []
         self.convs: list[tuple] = []
+        self.conv_args: list[dict] = []   # the same convs' conv2d arguments, and train
         self.rf, self.jump = 1, 1
         self.ends: dict[str, tuple] = {}   # path -> (out shape, rf, jump) after each named child
 

@@ -72,10 +72,12 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
         where = current_path()
         args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                     rounding=rounding, policy=policy, where=where)
-        chosen = kernels.choose(x, w, impl=impl, **args)
+        chosen = kernels.choose(x, w, impl=impl, train=train, **args)
         rec = recorder()
         if rec is not None:
             rec.convs.append((where, chosen, tuple(x.shape), tuple(w.shape)))
+            rec.conv_args.append(dict(args, x_shape=tuple(x.shape), w_shape=tuple(w.shape),
+                                      dtype=x.dtype, train=bool(train), impl=impl))
         y = kernels.conv2d(x, w, impl=chosen, **args)
         if bias:
             y = y + params["bias"].astype(y.dtype)

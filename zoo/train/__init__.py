@@ -21,7 +21,8 @@ from .config import (DTYPES, OPTIMIZERS, SCHEDULES, ConfigError, NonFiniteLossEr
 from .loop import TIMING_KEYS, eval_batches, evaluate, fit
 from .optim import (cross_entropy, decay_mask, frozen_mask, frozen_state_mask, make_optimizer,
                     make_schedule, param_labels)
-from .run import RESUME_OVERRIDES, evaluate_run, init_distributed, load_run, prepare, run
+from .finished import evaluate_run, load_run
+from .run import RESUME_OVERRIDES, init_distributed, prepare, run
 from .trainer import Trainer, TrainState
 
 __all__ = ["ConfigError", "DTYPES", "NonFiniteLossError", "OPTIMIZERS", "RESUME_OVERRIDES",

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from .. import checkpoint as ckpt
 from ..data import AUGMENTATIONS, DATA_MODES
 from ..registry import MAX_CLASSES
+from ..tuning import POLICIES
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -83,6 +84,7 @@ class TrainConfig:
     label_smoothing: float = 0.1       # the digits default; 0 disables
     clip_norm: float | None = None
     dtype: str = "float32"
+    policy: str = "tuned"              # conv policy: tuned (zoo tune's cache), default, xla
     seed: int = 0
     output_dir: str | None = None
     resume: str | None = None
@@ -104,7 +106,7 @@ class TrainConfig:
         """Check every setting (types, finite values, ranges, contradictions by value);
         raises :class:`ConfigError` naming the flag, the value and what is accepted."""
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("dtype", tuple(DTYPES))):
+                              ("dtype", tuple(DTYPES)), ("policy", POLICIES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from: "
                                   f"{', '.join(choices)}")

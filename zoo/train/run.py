@@ -1,5 +1,5 @@
-"""Runs: everything ``zoo train`` does from a :class:`TrainConfig`, resume, and the
-evaluation of a finished run (``zoo evaluate``)."""
+"""Runs: everything ``zoo train`` does from a :class:`TrainConfig`, and resume (a finished
+run is evaluated by :mod:`zoo.train.finished`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,18 +8,18 @@ import json
 import os
 import sys
 import time
-from typing import Callable
 
 import jax
 import numpy as np
 
 from .. import checkpoint as ckpt
-from .. import paths, registry
+from .. import registry
 from ..nn import count_params
-from ..visualize import confusion_matrix, plot_confusion, plot_curves
-from .config import ConfigError, TrainConfig, as_config, check_given, given_settings
+from ..visualize import plot_curves
+from ..tuning import named_policy
+from .config import DTYPES, ConfigError, TrainConfig, as_config, check_given, given_settings
 from .distributed import init_distributed
-from .loop import data_module, evaluate, fit, is_main, quiet, write_jsonl
+from .loop import data_module, fit, is_main, quiet, write_jsonl
 from .rundir import RESUME_OVERRIDES, check_output_dir, resume_config, writing  # noqa: F401
 from .trainer import Trainer, TrainState
 
@@ -197,6 +197,9 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     setup = prepare(cfg, model=model, data=data)
     model, train_all, eval_all = setup["model"], setup["train_ds"], setup["eval_ds"]
 
+    policy, policy_line = named_policy(cfg.policy, model, (cfg.batch_size, *setup["image_shape"]),
+                                       train=True, dtype=DTYPES[cfg.dtype])
+    model = model.with_policy(policy)
     spe = data_module().steps_per_epoch(train_all, cfg.batch_size, train=True)
     devices = list(devices) if devices is not None else jax.devices()
     variables = model.init(jax.random.PRNGKey(cfg.seed), (1, *setup["image_shape"]))
@@ -223,6 +226,7 @@ def run(config=None, *, model=None, data=None, devices=None, stop_after_epoch: i
     log(f"devices: {len(devices)} x {'/'.join(device_kinds)} in {jax.process_count()} process(es); "
         f"batch {cfg.batch_size} ({cfg.batch_size // len(devices)} per device), {spe} steps/epoch, "
         f"{cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.dtype}")
+    log(policy_line)
     plan = setup["plan"]
     log(f"input: {plan.mode}" + (f" with {_workers(cfg)} worker process(es)"
                                  if plan.mode == "stream" else "") + f" ({plan.reason})")
@@ -345,102 +349,3 @@ def finalize(run_dir, cfg, history, manager, eval_ds, t_start, *, num_params, co
             ckpt.atomic_write_bytes(os.path.join(run_dir, "summary.json"),
                                     json.dumps(summary, indent=2).encode())
     return summary
-
-
-# ----------------------------------------------------------------------------------------
-# Evaluation of a finished run.
-
-def load_run(run_dir: str, checkpoint: str | None = None):
-    """``(model, variables, metadata)`` of a run's best checkpoint (or ``checkpoint``)."""
-    path = checkpoint
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"--checkpoint {path}: " + ("a directory, not a checkpoint file"
-                              if os.path.isdir(path) else "no such file"))
-    elif not os.path.isdir(run_dir):
-        raise ConfigError(f"--run {run_dir}: " + ("no such directory" if not
-                          os.path.exists(run_dir) else "a file, not a run directory"))
-    else:
-        path = _summary_checkpoint(run_dir)
-        if not path or not os.path.exists(path):
-            path = ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).best() or \
-                ckpt.CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
-    if not path or not os.path.exists(path):
-        raise ConfigError(f"no checkpoint found in {run_dir}; is it a run directory?")
-    variables, meta = ckpt.load_weights(path)
-    missing = [k for k in ("model", "input_shape", "num_classes", "mean", "std") if k not in meta]
-    if missing:
-        raise ConfigError(f"{path}: its metadata lacks {', '.join(missing)}: not a zoo "
-                          f"training checkpoint or weights file that can be evaluated")
-    try:
-        model = registry.from_metadata(meta)
-    except ValueError as e:
-        raise ConfigError(f"{path}: cannot rebuild model {meta.get('model')!r}: {e}") from e
-    abstract, _ = model.abstract_init((1, *meta["input_shape"]))
-    variables = paths.load_into(abstract, variables, what=f"checkpoint {path}")
-    meta["path"] = path
-    return model, variables, meta
-
-
-def _summary_checkpoint(run_dir) -> str | None:
-    """The best checkpoint summary.json names, in the run's own directory (it may have been
-    moved or copied); None when summary.json is absent or damaged (the manager decides)."""
-    try:
-        with open(os.path.join(run_dir, "summary.json"), "rb") as f:
-            path = json.loads(f.read().decode("utf-8")).get("checkpoint")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return os.path.join(run_dir, "checkpoints", os.path.basename(path)) \
-        if isinstance(path, str) and path else None
-
-
-def evaluate_run(run_dir: str, *, dataset=None, data_dir=None, checkpoint=None,
-                 batch_size: int | None = None, devices=None, output: str | None = None,
-                 log: Callable = print) -> dict:
-    """Evaluate a run's best checkpoint on its evaluation split (or on ``dataset``'s):
-    accuracy, per-class accuracy, confusion matrix written as a PNG into the run dir."""
-    if batch_size is not None and (isinstance(batch_size, bool) or
-                                   not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
-    model, variables, meta = load_run(run_dir, checkpoint)
-    settings = dict(meta.get("settings") or {})
-    spec = dataset if dataset is not None else settings.get("dataset", "digits")
-    if spec == "arrays":
-        raise ConfigError("this run was trained on arrays through the API; pass --dataset")
-    dmod = data_module()
-    try:
-        _, eval_ds = dmod.load(spec, image_shape=tuple(meta["input_shape"]),
-                               val_dataset=settings.get("val_dataset") if dataset is None else None,
-                               val_fraction=settings.get("val_fraction") if dataset is None else None,
-                               data_dir=data_dir or settings.get("data_dir"),
-                               seed=int(settings.get("seed", 0)))
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
-        raise ConfigError(str(e)) from e
-    class_names = list(meta.get("class_names") or eval_ds.class_names)
-    k = int(meta["num_classes"])
-    if len(eval_ds) and int(np.max(eval_ds.labels)) >= k:
-        raise ConfigError(f"{spec} has {len(eval_ds.class_names)} classes, the model {k}")
-    if list(eval_ds.class_names) != class_names[:len(eval_ds.class_names)]:
-        log(f"warning: class names differ from training's: {eval_ds.class_names} vs {class_names}")
-    devices = list(devices) if devices is not None else jax.devices()[:1]
-    bs = 64 if batch_size is None else batch_size
-    bs = -(-bs // len(devices)) * len(devices)
-    cfg = as_config(model=meta["model"], batch_size=bs, dtype=settings.get("dtype", "float32"),
-                    progress=False)
-    trainer = Trainer(model, cfg, 1, devices=devices, params_template=variables["params"])
-    put = lambda t: jax.device_put(t, trainer.replicated)  # noqa: E731
-    res = evaluate(trainer, put(variables["params"]), put(variables["state"]), eval_ds,
-                   mean=tuple(meta["mean"]), std=tuple(meta["std"]), predictions=True)
-    names = class_names if len(class_names) == k else [str(i) for i in range(k)]
-    matrix = confusion_matrix(res["labels"], res["predictions"], k)
-    per_class = {names[i]: (float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None)
-                 for i in range(k)}
-    label = "" if dataset is None else "-" + _dataset_label(dataset)
-    png = output or os.path.join(run_dir, f"confusion_matrix{label}.png")
-    plot_confusion(matrix, names, png,
-                   title=f"{meta['model']} on {eval_ds.name} ({_split_name(eval_ds)}): "
-                         f"accuracy {res['accuracy']:.4f}")
-    return {"accuracy": res["accuracy"], "loss": res["loss"], "count": res["count"],
-            "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist(),
-            "class_names": names, "checkpoint": meta["path"], "eval_split": _split_name(eval_ds),
-            "confusion_png": png}

@@ -148,7 +148,7 @@ def _plot(matrix, names, path: str, title: str) -> str:
 def evaluate_weights(weights, dataset, *, model=None, labels=None, data_dir=None, split=None,
                      batch_size: int = 64, limit: int | None = None, output: str | None = None,
                      workers: int | None = None, strict_images: bool = False,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, policy: str = "tuned") -> dict:
     """Top-1/top-5 and per-class accuracy of ``weights`` (a tag or a file) on ``dataset``
     (a labelled folder, :func:`zoo.data.layouts.labelled_files`, with ``labels`` for a flat
     one; or a TFDS name, ``tfds:NAME``, read from ``data_dir``'s ``split``).
@@ -159,7 +159,8 @@ def evaluate_weights(weights, dataset, *, model=None, labels=None, data_dir=None
     TFDS split). An unreadable image is skipped and named in one warning (``strict_images``:
     an error). The confusion matrix (true classes of the set x their predictions, plus
     "(other)" for predictions outside them) is written to ``output`` (default
-    ``./confusion_<weights>-<dataset>.png``). Returns the report as a dict."""
+    ``./confusion_<weights>-<dataset>.png``). ``policy``: the conv policy, 'tuned' (what
+    ``zoo tune`` measured here), 'default' or 'xla'. Returns the report as a dict."""
     from .. import data, visualize
     from ..kernels import xla
 
@@ -185,6 +186,9 @@ def evaluate_weights(weights, dataset, *, model=None, labels=None, data_dir=None
     params, state = variables["params"], variables.get("state", {})
     channels = built.input_shape[-1]
     shape = (bs, transforms.crop, transforms.crop, channels)
+    from ..tuning import named_policy   # here: zoo.tuning's cache imports zoo.weights
+    chosen, policy_line = named_policy(policy, built, shape)
+    built = built.with_policy(chosen)
     t0 = time.perf_counter()   # compiled before the clock starts: images/s is the steady rate
     predict = xla.jit(lambda p, s, x: jax.lax.top_k(built.apply(p, s, x)[0], top)[1]).lower(
         params, state, jax.ShapeDtypeStruct(shape, np.float32)).compile()
@@ -254,4 +258,4 @@ def evaluate_weights(weights, dataset, *, model=None, labels=None, data_dir=None
             "confusion_classes": rows, "confusion_png": png, "seconds": seconds,
             "compile_seconds": compile_seconds,
             "images_per_second": count / max(seconds, 1e-9), "batch_size": bs,
-            "workers": workers}
+            "workers": workers, "policy": policy_line}

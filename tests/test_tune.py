@@ -1,0 +1,202 @@
+"""zoo.tune: a conv policy measured on this machine. The cache key and file round trip, the
+measured table consulted before the rules, choices the kernels run, and deterministic tuning
+given injected timings; one real (tiny) tuning through the command line."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from conftest import normal
+from zoo import bench, machine
+from zoo.kernels import ConvGeometry, ConvPolicy
+from zoo.kernels.policy import candidates
+from zoo.tuning import cache, convs_of, named_policy, tune
+
+pytestmark = pytest.mark.xdist_group("tune")
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_TUNE_CACHE", str(tmp_path / "tune"))
+    return tmp_path / "tune"
+
+
+def geometry(x=(8, 56, 56, 64), w=(3, 3, 64, 64), out=(56, 56), stride=(1, 1)):
+    return ConvGeometry(x, w, stride, (1, 1), 1, out, jnp.float32)
+
+
+def test_geometry_key_names_every_field():
+    g = geometry()
+    assert g.key() == "float32 infer x8x56x56x64 k3x3x64x64 s1x1 d1x1 g1 o56x56"
+    assert g.key(train=True) == "float32 train x8x56x56x64 k3x3x64x64 s1x1 d1x1 g1 o56x56"
+    keys = {g.key(), g._replace(x_shape=(4, 56, 56, 64)).key(), g._replace(stride=(2, 2)).key(),
+            g._replace(dtype=jnp.bfloat16).key(), g._replace(groups=2).key(),
+            g._replace(out_hw=(28, 28)).key(), g._replace(dilation=(2, 2)).key()}
+    assert len(keys) == 7
+
+
+def test_measured_table_comes_before_the_rules_in_its_mode_only():
+    g = geometry()
+    assert ConvPolicy().choose(g) == "xla+stored"
+    p = ConvPolicy(tuned=((g.key(train=True), "winograd"),))
+    assert p.choose(g, train=True) == "winograd"
+    assert p.choose(g, train=False) == "xla+stored"       # the inference entry is absent
+    assert p.for_loop_body().choose(g, train=True) == "xla+mmgrad"   # scanned runs: the rules
+    assert p.replace(impl="xla").choose(g, train=True) == "xla"      # a forced impl wins
+    # an entry no kernel can run for the geometry falls back to the rules
+    bad = ConvPolicy(tuned=((g.key(), "taps"),))
+    assert "taps" not in candidates(g) and bad.choose(g) == "xla+stored"
+    with pytest.raises(ValueError, match="ConvPolicy.tuned.*'fast'"):
+        ConvPolicy(tuned=((g.key(), "fast"),))
+    # a value: the table is sorted and hashable, equal tables are equal policies
+    a = ConvPolicy(tuned=[("b", "xla"), ("a", "im2col")])
+    assert a.tuned == (("a", "im2col"), ("b", "xla")) and a == ConvPolicy(tuned=dict(a.tuned))
+    assert hash(a) == hash(ConvPolicy(tuned=(("b", "xla"), ("a", "im2col"))))
+
+
+def test_candidates_are_what_the_kernels_run():
+    assert candidates(geometry()) == ("xla", "im2col", "winograd")
+    assert candidates(geometry(), train=True) == ("xla", "im2col", "xla+stored", "xla+mmgrad",
+                                                  "winograd")
+    lenet_c1 = geometry((8, 32, 32, 1), (5, 5, 1, 6), (28, 28))
+    assert "taps" in candidates(lenet_c1)
+    assert "winograd" not in candidates(geometry()._replace(dtype=jnp.bfloat16))
+    grouped = geometry((8, 56, 56, 64), (3, 3, 32, 64))._replace(groups=2)
+    assert candidates(grouped, train=True) == ("xla", "im2col", "xla+stored")
+    huge = geometry((256, 224, 224, 64), (3, 3, 64, 64), (224, 224))   # 7.4 GB of patches
+    assert "im2col" not in candidates(huge)
+
+
+def test_cache_round_trip_and_machine_key(tune_cache):
+    fp = machine.fingerprint()
+    assert set(fp) == {"kind", "vendor", "isa", "cores", "jax", "jaxlib", "backend"}
+    assert fp["jax"] == jax.__version__ and fp["cores"] >= 1
+    assert cache.load() == {}
+    entry = dict(impl="im2col", default="xla", seconds={"xla": 2.0, "im2col": 1.0})
+    path = cache.save({"k1": entry})
+    assert path == cache.path() and os.path.dirname(path) == str(tune_cache)
+    assert cache.load() == {"k1": entry}
+    cache.save({"k2": dict(entry, impl="xla")})            # merged with what is there
+    assert set(cache.load()) == {"k1", "k2"}
+    assert [f for f in os.listdir(tune_cache) if f.endswith(".tmp")] == []
+    other = dict(fp, cores=fp["cores"] + 1)                   # another machine: another file
+    assert cache.path(other) != cache.path() and cache.load(other) == {}
+    data = json.loads(open(path).read())
+    assert data["machine"] == fp and data["format"] == cache.FORMAT
+
+
+def test_damaged_or_foreign_cache_is_named_and_ignored(tune_cache):
+    path = cache.save({"k": dict(impl="xla", default="xla", seconds={})})
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.warns(UserWarning, match="cannot be read.*rewrites it"):
+        assert cache.load() == {}
+    cache.save({"k": dict(impl="xla", default="xla", seconds={})})   # replaced
+    assert set(cache.load()) == {"k"}
+    data = json.loads(open(path).read())
+    data["entries"]["bad"] = dict(impl="fast")
+    data["machine"] = dict(data["machine"])
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.warns(UserWarning, match="'bad' names no implementation"):
+        assert set(cache.load()) == {"k"}
+    data["machine"]["cores"] = -1
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.warns(UserWarning, match="another machine"):
+        assert cache.load() == {}
+
+
+def fake_timings(favour: dict):
+    """Seconds per (call, impl): 1.0, but ``favour[impl]`` for the favoured ones."""
+    return lambda call, impl: favour.get(impl, 1.0)
+
+
+def test_tuning_is_deterministic_given_timings(tune_cache):
+    model = zoo.create("resnet18", num_classes=10)
+    shape = (2, 32, 32, 3)
+    calls = convs_of(model, shape, train=True)
+    assert len(calls) == len({c.key for c in calls}) == 11     # distinct geometries
+    assert [c.needs_dx for c in calls][0] is False and all(c.needs_dx for c in calls[1:])
+    timings = fake_timings({"im2col": 0.5, "winograd": 0.4})
+    reports = [{}, {}]
+    policies = [tune(model, shape, train=True, timings=timings, use_cache=False, log=lambda m: 0,
+                     progress=False, report=r) for r in reports]
+    assert policies[0] == policies[1] and reports[0]["entries"] == reports[1]["entries"]
+    table = dict(policies[0].tuned)
+    assert set(table) == {c.key for c in calls}
+    for c in calls:
+        want = "winograd" if "winograd" in c.candidates() else "im2col"
+        assert table[c.key] == want and table[c.key] in c.candidates()
+    assert cache.load() == {}                                   # use_cache=False: nothing kept
+    # within the margin the default rules' choice stays
+    near = tune(model, shape, train=True, timings=fake_timings({"im2col": 0.98}), margin=0.03,
+                use_cache=False, log=lambda m: 0, progress=False)
+    assert all(v == c.default_impl() for c in calls for k, v in near.tuned if k == c.key)
+
+
+def test_tuned_choices_run_and_equal_the_default_model(tune_cache):
+    model = zoo.create("resnet18", num_classes=10)
+    shape = (2, 32, 32, 3)
+    lines = []
+    policy = tune(model, shape, timings=fake_timings({"im2col": 0.1}), log=lines.append,
+                  progress=False)
+    assert "11 conv geometries, 0 cached, 11 to measure" in lines[0]
+    assert set(dict(policy.tuned).values()) == {"im2col"}
+    assert len(cache.load()) == 11                               # saved for this machine
+    tuned = model.with_policy(policy)
+    rows = bench.conv_choices(tuned, shape)
+    assert {impl for _, impl, _, _ in rows} == {"im2col"}
+    variables = model.init(jax.random.key(0), shape)
+    x = normal(0, shape)
+    want = jax.jit(model.apply)(variables["params"], variables["state"], x)[0]
+    got = jax.jit(tuned.apply)(variables["params"], variables["state"], x)[0]
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    # a second tuning finds everything cached; the trainer's named policy reads the cache
+    again = []
+    assert tune(model, shape, timings=fake_timings({}), log=again.append, progress=False) == policy
+    assert "11 cached, 0 to measure" in again[0]
+    p, line = named_policy("tuned", model, shape)
+    assert p == policy and line.startswith("conv policy: tuned (11 of 11 conv geometries")
+    assert named_policy("tuned", model, shape, train=True)[1].startswith(
+        "conv policy: tuned, but none of the 11")
+    assert named_policy("default", model, shape)[0] == ConvPolicy()
+    assert named_policy("xla", model, shape)[0] == ConvPolicy.xla()
+    with pytest.raises(ValueError, match="--policy 'fast'"):
+        named_policy("fast", model, shape)
+
+
+def test_tune_refuses_bad_arguments():
+    model = zoo.create("lenet5")
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
+        tune(model, (32, 32, 1))
+    with pytest.raises(ValueError, match="margin"):
+        tune(model, (2, 32, 32, 1), margin=1.5)
+
+
+def test_zoo_tune_measures_caches_and_the_trainer_uses_it(tune_cache, capsys, tmp_path):
+    from zoo.cli import main
+    assert main(["tune", "--show"]) == 0
+    assert "0 conv geometries measured" in capsys.readouterr().out
+    assert main(["tune", "lenet5", "--train", "--batch-size", "8", "--rounds", "1"]) == 0
+    out = capsys.readouterr()
+    assert "tune lenet5 train step, input 8x32x32x1 float32: 2 conv geometries" in out.out
+    entries = cache.load()
+    assert len(entries) == 2
+    for key, e in entries.items():
+        assert key.startswith("float32 train x8x") and e["rounds"] == 1
+        assert e["impl"] in e["seconds"] and all(s > 0 for s in e["seconds"].values())
+    conv1 = entries["float32 train x8x32x32x1 k5x5x1x6 s1x1 d1x1 g1 o28x28"]
+    assert set(conv1["seconds"]) == {"xla", "im2col", "xla+stored", "xla+mmgrad", "taps"}
+    assert main(["tune", "--show"]) == 0
+    assert "2 conv geometries measured on this machine" in capsys.readouterr().out
+    assert main(["train", "--epochs", "1", "--batch-size", "8", "--output-dir",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "conv policy: tuned (2 of 2 conv geometries of the train step" in \
+        capsys.readouterr().out
+    assert main(["tune", "lenet5", "--show"]) == 2
+    assert "give no MODEL" in capsys.readouterr().err

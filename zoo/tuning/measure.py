@@ -1,0 +1,143 @@
+"""What ``zoo.tune`` times: each distinct convolution of a model's forward or train step,
+alone, under each implementation that can run it; and the whole model under two policies."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import kernels, nn
+from ..kernels.conv import CUSTOM_CONVS
+from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
+
+
+class ConvCall(NamedTuple):
+    """One distinct convolution of a traced model: its geometry, its :func:`conv2d`
+    arguments, the mode, whether its input gradient is needed, the policy it ran under."""
+    where: str
+    geometry: ConvGeometry
+    args: dict
+    train: bool
+    needs_dx: bool
+    policy: ConvPolicy
+
+    @property
+    def key(self) -> str:
+        return self.geometry.key(self.train)
+
+    def default_impl(self) -> str:
+        """What the hand-tuned rules run it as (in inference, a custom conv with XLA's
+        forward is XLA's convolution: the same program)."""
+        impl = self.policy.replace(tuned=()).choose(self.geometry, self.train)
+        if not self.train and impl in CUSTOM_CONVS and CUSTOM_CONVS[impl].forward == "xla":
+            return "xla"
+        return impl
+
+    def candidates(self) -> tuple:
+        return candidates(self.geometry, self.train)
+
+
+def convs_of(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> list[ConvCall]:
+    """The distinct convolutions ``model.apply`` runs on ``input_shape`` (traced abstractly,
+    nothing computed), in order; those inside a scanned run and those with an implementation
+    fixed by the layer are left out (the measured table does not decide them)."""
+    abstract, _ = model.abstract_init(input_shape)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.dtype(dtype))
+    rng = jax.random.key(0)
+    with nn.recording() as rec:
+        jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=train, rng=rng, check=False)[0],
+                       abstract["params"], abstract["state"], x)
+    calls: dict[str, ConvCall] = {}
+    for a in rec.conv_args:
+        policy = a["policy"] or model.policy
+        if policy.loop_body or a["impl"] not in (None, "auto"):
+            continue
+        args = {k: a[k] for k in ("stride", "padding", "dilation", "groups", "rounding")}
+        g, _ = kernels.conv.geometry(a["x_shape"], a["w_shape"], dtype=a["dtype"], **args)
+        needs_dx = train and tuple(a["x_shape"]) != tuple(input_shape)  # the image needs none
+        call = ConvCall(a["where"], g, args, bool(train), needs_dx, policy)
+        if call.key in calls:
+            if needs_dx and not calls[call.key].needs_dx:
+                calls[call.key] = calls[call.key]._replace(needs_dx=True)
+            continue
+        calls[call.key] = call
+    return list(calls.values())
+
+
+def conv_program(call: ConvCall, impl: str) -> tuple[Callable, tuple]:
+    """``(compiled function, its arguments)`` running ``call`` as ``impl``: the forward in
+    inference; in training the forward, the weight gradient and (but for the image's conv)
+    the input gradient, as a train step runs them."""
+    g = call.geometry
+    policy = call.policy.replace(tuned=())
+    kw = dict(call.args, impl=impl, policy=policy, train=call.train, where=call.where)
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.standard_normal(g.x_shape, np.float32), g.dtype)
+    w = jnp.asarray(r.standard_normal(g.w_shape, np.float32) * 0.05, g.dtype)
+
+    if not call.train:
+        fn, args = (lambda x, w: kernels.conv2d(x, w, **kw)), (x, w)
+    else:
+        dy = jnp.asarray(r.standard_normal((g.x_shape[0], *g.out_hw, g.w_shape[3]), np.float32),
+                         g.dtype)
+        if call.needs_dx:
+            def fn(x, w, dy):
+                y, pull = jax.vjp(lambda a, b: kernels.conv2d(a, b, **kw), x, w)
+                return (y, *pull(dy))
+        else:
+            def fn(x, w, dy):
+                y, pull = jax.vjp(lambda b: kernels.conv2d(x, b, **kw), w)
+                return (y, *pull(dy))
+        args = (x, w, dy)
+    return kernels.jit(fn).lower(*args).compile(), args
+
+
+def model_program(model, input_shape, *, train: bool, dtype) -> tuple[Callable, tuple]:
+    """``(compiled function, arguments)``: the model's inference, or its forward and
+    backward (the gradients of the summed outputs and the new BatchNorm state) for a train
+    step."""
+    variables = model.init(jax.random.key(0), tuple(input_shape))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(input_shape, np.float32), dtype)
+    params = variables["params"]   # float32 master weights, as the trainer keeps them
+    state, rng = variables["state"], jax.random.key(1)
+    if not train:
+        return kernels.jit(lambda p, s, x: model.apply(p, s, x)[0]).lower(
+            params, state, x).compile(), (params, state, x)
+
+    def step(p, s, x, rng):
+        def loss(p):
+            y, new = model.apply(p, s, x, train=True, rng=rng)
+            return sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree_util.tree_leaves(y)), new
+        return jax.grad(loss, has_aux=True)(p)
+    return kernels.jit(step).lower(params, state, x, rng).compile(), (params, state, x, rng)
+
+
+def interleaved(programs: dict, rounds: int, min_rep_s: float = 0.05) -> dict:
+    """Seconds per call of each ``name -> (fn, args)``, round by round, the order rotating
+    each round; a repetition repeats the call for about ``min_rep_s``."""
+    calls = {}
+    for name, (fn, args) in programs.items():
+        jax.block_until_ready(fn(*args))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        calls[name] = max(1, int(min_rep_s / max(time.perf_counter() - t0, 1e-6)))
+    names = list(programs)
+    out = {n: [] for n in names}
+    for k in range(rounds):
+        for n in names[k % len(names):] + names[:k % len(names)]:
+            fn, args = programs[n]
+            t0 = time.perf_counter()
+            for _ in range(calls[n]):
+                res = fn(*args)
+            jax.block_until_ready(res)
+            out[n].append((time.perf_counter() - t0) / calls[n])
+    return out
+
+
+def summarise(times: dict) -> dict:
+    """``{name: (median, min, max)}`` seconds."""
+    return {n: (statistics.median(t), min(t), max(t)) for n, t in times.items()}
