@@ -41,6 +41,8 @@ def test_jit_option_is_checked_and_reaches_the_jax_runner(tmp_path, monkeypatch)
     """``--jit jax``: the runner compiles with plain jax.jit, recorded in the JSON args."""
     from zoo.bench import runners, suite
     assert runners._jit("jax") is jax.jit and runners._jit("zoo") is zoo.jit
+    low = runners._jit("zoo", low_precision=True)     # bfloat16 runners: the CPU's bf16 dots
+    assert low.func is zoo.jit and low.keywords == {"low_precision": True}
     calls = []
 
     def spy(*args, **kwargs):

@@ -2,6 +2,7 @@
 conv, and no way for a jitted function to reuse a program traced under another policy."""
 import ast
 import dataclasses
+import functools
 import pathlib
 
 import jax
@@ -64,24 +65,37 @@ def test_every_choice_equals_xla_values_and_gradients():
     """Each implementation the policy picks, on a shape where it picks it, gives XLA's conv:
     values and both gradients."""
     mm = ConvPolicy(weight_grad="matmul", chunk_bytes=1)  # chunked (scanned) weight grad
+    phases = "forced"   # no rule picks it: the layer names it
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1, "xla+mmgrad", mm),
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col", mm),            # small map
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0, "im2col", mm),           # pointwise, strided
              ((2, 12, 12, 1), (5, 5, 1, 6), 1, 0, "taps", mm),            # single channel
              ((4, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd", None),   # odd map: cropped tiles
              ((6, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd", None),   # unpadded
-             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored", None)]   # the rest
+             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored", None),   # the rest
+             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+phases", phases),  # odd map, stride 2
+             ((2, 16, 16, 8), (7, 7, 8, 16), 2, 3, "xla+phases", phases),  # even map, 7x7
+             ((2, 15, 15, 4), (1, 1, 4, 8), 3, 0, "xla+phases", phases),   # phases no tap reaches
+             ((2, 14, 12, 4), (3, 2, 4, 8), (2, 3), 1, "xla+phases", phases),  # uneven
+             ((2, 14, 14, 6), (5, 5, 6, 16), 1, 0, "xla+colgrad", phases),  # LeNet-5's conv2
+             ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+colgrad", phases)]  # strided, padded
     for shape, wshape, stride, pad, impl, policy in cases:
         x, w = normal(0, shape), normal(1, wshape)
-        net = nn.Conv(wshape[3], wshape[:2], stride=stride, padding=pad, bias=False, rounding="floor")
-        run = lambda policy: (lambda x, w: net.apply({"kernel": w}, {}, x, policy=policy)[0])
+        conv = functools.partial(nn.Conv, wshape[3], wshape[:2], stride=stride, padding=pad,
+                                 bias=False, rounding="floor")
+        net, plain = conv(impl=impl if policy == "forced" else None), conv()
+        policy = None if policy == "forced" else policy
+        run = lambda policy, net=net: (lambda x, w: net.apply({"kernel": w}, {}, x,
+                                                              policy=policy)[0])
         probe = normal(2, run(ConvPolicy.xla())(x, w).shape)
-        loss = lambda policy: jax.value_and_grad(lambda x, w: jnp.sum(run(policy)(x, w) * probe),
-                                                 argnums=(0, 1))
+        loss = lambda policy, net=net: jax.value_and_grad(
+            lambda x, w: jnp.sum(run(policy, net)(x, w) * probe), argnums=(0, 1))
         with nn.recording() as rec:
             ya, ga = jax.jit(loss(policy))(x, w)
         assert [c[1] for c in rec.convs] == [impl]
-        yx, gx = loss(ConvPolicy.xla())(x, w)
+        with nn.recording() as rec:
+            yx, gx = loss(ConvPolicy.xla(), plain)(x, w)
+        assert [c[1] for c in rec.convs] == ["xla"]
         np.testing.assert_allclose(ya, yx, rtol=1e-4)
         np.testing.assert_allclose(ga[0], gx[0], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ga[1], gx[1], rtol=1e-4, atol=1e-4)

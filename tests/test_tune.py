@@ -61,7 +61,10 @@ def test_measured_table_comes_before_the_rules_in_its_mode_only():
 def test_candidates_are_what_the_kernels_run():
     assert candidates(geometry()) == ("xla", "im2col", "winograd")
     assert candidates(geometry(), train=True) == ("xla", "im2col", "xla+stored", "xla+mmgrad",
-                                                  "winograd")
+                                                  "winograd", "xla+colgrad")
+    strided = geometry((8, 56, 56, 64), (3, 3, 64, 128), (28, 28), (2, 2))
+    assert candidates(strided, train=True) == ("xla", "im2col", "xla+stored", "xla+mmgrad",
+                                               "xla+phases", "xla+colgrad")
     lenet_c1 = geometry((8, 32, 32, 1), (5, 5, 1, 6), (28, 28))
     assert "taps" in candidates(lenet_c1)
     assert "winograd" not in candidates(geometry()._replace(dtype=jnp.bfloat16))
@@ -200,3 +203,20 @@ def test_zoo_tune_measures_caches_and_the_trainer_uses_it(tune_cache, capsys, tm
         capsys.readouterr().out
     assert main(["tune", "lenet5", "--show"]) == 2
     assert "give no MODEL" in capsys.readouterr().err
+
+
+def test_refresh_measures_again_and_keeps_the_rest(tune_cache):
+    quiet = dict(log=lambda m: 0, progress=False)
+    resnet, lenet = zoo.create("resnet18", num_classes=10), zoo.create("lenet5")
+    tune(resnet, (2, 32, 32, 3), timings=fake_timings({"im2col": 0.1}), **quiet)
+    first = tune(lenet, (2, 32, 32, 1), timings=fake_timings({"im2col": 0.1}), **quiet)
+    assert len(first.tuned) == 13 and len(cache.load()) == 13
+    again = tune(lenet, (2, 32, 32, 1), timings=fake_timings({"im2col": 2.0}), refresh=True,
+                 **quiet)
+    calls = convs_of(lenet, (2, 32, 32, 1))
+    defaults = {c.key: c.default_impl() for c in calls}
+    assert defaults == {calls[0].key: "taps", calls[1].key: "xla+stored"}
+    table = dict(again.tuned)
+    assert len(table) == 13 and {k: table[k] for k in defaults} == defaults
+    assert {v for k, v in table.items() if k not in defaults} == {"im2col"}
+    assert {k: cache.load()[k]["impl"] for k in defaults} == defaults

@@ -37,18 +37,22 @@ LEVER_VARIANTS = {
 }
 
 
+def same_program(rows: list[tuple], mode: str) -> list[tuple]:
+    """:func:`conv_choices` rows with each implementation named by the program it runs: in
+    inference the custom convs with XLA's forward run just XLA's convolution."""
+    custom = kernels.CUSTOM_CONVS
+    return [(p, "xla" if mode == "infer" and i in custom and custom[i].forward == "xla" else i,
+             x, w) for p, i, x, w in rows]
+
+
 def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
     """``{name: model under the varied policy}`` for the :data:`LEVER_VARIANTS` that change
     something for this model and mode (their conv choices differ from its own policy's, or
     the lever acts in this mode and dtype)."""
     custom = kernels.CUSTOM_CONVS
 
-    def same_program(rows):  # in inference the custom convs with XLA's forward run just that
-        return [(p, "xla" if mode == "infer" and i in custom and custom[i].forward == "xla"
-                 else i, x, w) for p, i, x, w in rows]
-
     train = mode == "train"
-    base = same_program(conv_choices(model, input_shape, dtype=dtype, train=train))
+    base = same_program(conv_choices(model, input_shape, dtype=dtype, train=train), mode)
     out = {}
     for name, (changes, modes) in LEVER_VARIANTS.items():
         if mode not in modes:
@@ -60,7 +64,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
         elif name == "no_input_grad":
             if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
                 continue
-        elif same_program(conv_choices(variant, input_shape, dtype=dtype, train=train)) == base:
+        elif same_program(conv_choices(variant, input_shape, dtype=dtype, train=train),
+                          mode) == base:
             continue
         out[name] = variant
     return out

@@ -4,6 +4,7 @@ time, and the torch eager counterpart."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import jax
@@ -29,10 +30,12 @@ def _optimizer(name: str, lr: float = 0.01):
 JITS = ("zoo", "jax")
 
 
-def _jit(name: str):
+def _jit(name: str, low_precision: bool = False):
     if name not in JITS:
         raise ValueError(f"jit must be one of {', '.join(JITS)}, got {name!r}")
-    return xla.jit if name == "zoo" else jax.jit
+    if name == "jax":
+        return jax.jit
+    return functools.partial(xla.jit, low_precision=True) if low_precision else xla.jit
 
 
 def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
@@ -52,7 +55,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
     ``jit='zoo'`` compiles with :func:`zoo.jit`; ``'jax'`` with plain ``jax.jit``: what a
     user's own jit gets (zoo's process-wide ``XLA_FLAGS`` entry unless opted out).
     """
-    compile_with = _jit(jit)
+    compile_with = _jit(jit, low_precision=dtype != "float32")
     dt = DTYPES[dtype]
     c = model.input_shape[-1]
     shape = (batch, size, size, c)

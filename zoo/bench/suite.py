@@ -21,7 +21,7 @@ from ..train import DTYPES
 from ..tuning import POLICIES, named_policy
 from .dense_eval import benchmark_dense_eval
 from .compile import run_compile_report
-from .levers import conv_choices, lever_variants
+from .levers import conv_choices, lever_variants, same_program
 from .fed_step import run_fed_step
 from .pipeline import check_folder, run_input_pipeline
 from .runners import JITS, jax_runner, nnx_runner, torch_runner
@@ -242,7 +242,8 @@ def run_target(t: dict, args, peaks: dict, log) -> dict:
     runners.append(jax_runner(model, t["mode"], t["batch"], t["size"], t["dtype"],
                                     name="jax", **jkw))
     for rname, (other, line) in list(models.items())[1:]:
-        if conv_choices(other, shape, dtype=t["dtype"], train=train) == choices:
+        if same_program(conv_choices(other, shape, dtype=t["dtype"], train=train),
+                        t["mode"]) == same_program(choices, t["mode"]):
             log(f"   {rname}: the same conv choices as jax's, not timed again")
             result["policies"][rname] += " (same program as jax's)"
             continue

@@ -8,7 +8,9 @@ traced layer. All of them give XLA's values and gradients within float tolerance
 - ``'im2col'``: patches as rows, then one matrix product per group (the notes'
   "implementation as matrix multiplication");
 - custom VJPs (:data:`CUSTOM_CONVS`) that choose the forward, the input gradient and the
-  weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``.
+  weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``,
+  ``'xla+phases'`` (a strided conv's input gradient without the zeros of the dilated ``dy``),
+  ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im).
 """
 from __future__ import annotations
 
@@ -133,6 +135,51 @@ def input_grad(dy, w, geom: Geom, in_hw, by_winograd=False):
         feature_group_count=groups, precision=geom.precision, preferred_element_type=geom.acc)
 
 
+def phase_input_grad(dy, w, geom: Geom, in_hw):
+    """``dL/dx`` of a strided, undilated, ungrouped :func:`xla_conv` as ``sh*sw`` stride-1
+    convolutions of ``dy``, one per output phase (the input rows and columns ``i`` with
+    ``(i + pad) % stride == r`` take only the taps ``r, r + stride, ...``), interleaved.
+    The transposed convolution XLA runs instead multiplies ``dy`` dilated with zeros:
+    ``stride**2`` times the work for the same values."""
+    kh, kw, cin, cout = w.shape
+    (sh, sw), (ph, pw) = geom.stride, (geom.pads[0][0], geom.pads[1][0])
+    n, ho, wo, _ = dy.shape
+    qh, qw = -(-(in_hw[0] + ph) // sh), -(-(in_hw[1] + pw) // sw)
+    w_t = jnp.swapaxes(w, 2, 3)                              # kh, kw, cout, cin
+    dt = geom.acc or dy.dtype
+    rows = []
+    for rh in range(sh):
+        cols = []
+        for rw in range(sw):
+            sub = jnp.flip(w_t[rh::sh, rw::sw], (0, 1))
+            mh, mw = sub.shape[:2]
+            if mh == 0 or mw == 0:   # a phase no tap reaches (stride > kernel)
+                cols.append(jnp.zeros((n, qh, qw, cin), dt))
+                continue
+            cols.append(jax.lax.conv_general_dilated(
+                dy, sub, (1, 1), [(mh - 1, qh - ho), (mw - 1, qw - wo)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=geom.precision,
+                preferred_element_type=geom.acc))
+        rows.append(jnp.stack(cols, axis=3))                 # n, qh, qw, sw, cin
+    full = jnp.stack(rows, axis=2).reshape(n, qh * sh, qw * sw, cin)
+    return full[:, ph:ph + in_hw[0], pw:pw + in_hw[1], :]
+
+
+def cols_input_grad(dy, w, geom: Geom, x_shape, out_hw):
+    """``dL/dx`` of an ungrouped conv as one matrix product, ``dy @ W^T`` (the gradient of
+    the patches), summed back onto the input (the transpose of :func:`im2col`). XLA:CPU's
+    transposed conv runs a few output channels slowly: LeNet-5's conv2 (16 -> 6 channels, 5x5)
+    takes 2.4x as long."""
+    kh, kw, cin, cout = w.shape
+    dcols = jnp.dot(dy.reshape(-1, cout), w.reshape(kh * kw * cin, cout).T,
+                    precision=geom.precision, preferred_element_type=geom.acc)
+    dcols = dcols.astype(dy.dtype).reshape(*dy.shape[:3], kh * kw, cin)
+    to_cols = lambda x: im2col(x, (kh, kw), geom.stride, geom.pads, geom.dilation, out_hw)  # noqa: E731
+    # stored: fused into its consumers (the max pool's gradient), the kh*kw-term sum is
+    # recomputed per use: LeNet-5's train step took 2x as long
+    return stored(jax.linear_transpose(to_cols, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)[0])
+
+
 def _taps_conv(x, w, geom: Geom, out_hw):
     """The convolution as ``kh*kw*Cin`` shifted multiply-adds per output channel, one fused
     elementwise pass per output plane, the planes stacked once (as one NHWC sum XLA would
@@ -162,7 +209,9 @@ class CustomConv(NamedTuple):
     geom: Geom
     out_hw: tuple
     forward: str       # 'xla', 'taps' or 'winograd'
-    input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)), 'autodiff'
+    input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
+                       # 'phases' (stride**2 stride-1 convs), 'cols' (dy @ W^T, col2im),
+                       # 'autodiff'
     weight_grad: str   # 'matmul' or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
     store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
@@ -186,7 +235,11 @@ def _custom_fwd(x, w, meta: CustomConv):
 def _custom_bwd(meta: CustomConv, res, dy):
     geom = meta.geom
     x, w = res
-    if meta.input_grad in ("conv", "winograd"):
+    if meta.input_grad == "phases":
+        dx = phase_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
+    elif meta.input_grad == "cols":
+        dx = cols_input_grad(dy.astype(x.dtype), w, geom, x.shape, meta.out_hw)
+    elif meta.input_grad in ("conv", "winograd"):
         dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
                         by_winograd=meta.input_grad == "winograd")
     else:
@@ -216,7 +269,9 @@ class Recipe(NamedTuple):
 CUSTOM_CONVS = {"xla+mmgrad": Recipe("xla", None, "matmul", False),
                 "taps": Recipe("taps", None, "xla", False),
                 "xla+stored": Recipe("xla", "autodiff", "xla", True),
-                "winograd": Recipe("winograd", "winograd", "xla", None)}
+                "winograd": Recipe("winograd", "winograd", "xla", None),
+                "xla+phases": Recipe("xla", "phases", "xla", True),
+                "xla+colgrad": Recipe("xla", "cols", "xla", True)}
 
 
 def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
@@ -249,6 +304,12 @@ def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str, train=Fal
         raise ValueError(f"conv impl must be one of {IMPLS} or 'auto', got {impl!r}")
     if impl == "taps" and g.groups != 1:
         raise ValueError(f"layer '{where}': conv impl 'taps' takes ungrouped convs only")
+    if impl == "xla+colgrad" and g.groups != 1:
+        raise ValueError(f"layer '{where}': conv impl 'xla+colgrad' takes ungrouped convs only")
+    if impl == "xla+phases" and not g.phases_shape():
+        raise ValueError(f"layer '{where}': conv impl 'xla+phases' takes strided, undilated, "
+                         f"ungrouped convs only; got stride {g.stride}, dilation {g.dilation}, "
+                         f"groups {g.groups}")
     if impl == "winograd" and not g.winograd_shape():
         raise ValueError(f"layer '{where}': conv impl 'winograd' takes 3x3, stride-1, "
                          f"undilated, ungrouped convs only; got kernel {tuple(g.w_shape)}, "

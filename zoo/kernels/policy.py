@@ -19,7 +19,8 @@ from .winograd import tile_grid
 
 #: What :meth:`ConvPolicy.choose` may answer; every one gives XLA's values and gradients
 #: within float tolerance.
-IMPLS = ("xla", "im2col", "xla+stored", "xla+mmgrad", "taps", "winograd")
+IMPLS = ("xla", "im2col", "xla+stored", "xla+mmgrad", "taps", "winograd", "xla+phases",
+         "xla+colgrad")
 FORCED = ("auto", "xla", "im2col")
 
 
@@ -52,6 +53,11 @@ class ConvGeometry(NamedTuple):
         return (f"{jnp.dtype(self.dtype).name} {'train' if train else 'infer'} "
                 f"x{dims(self.x_shape)} k{dims(self.w_shape)} s{dims(self.stride)} "
                 f"d{dims(self.dilation)} g{self.groups} o{dims(self.out_hw)}")
+
+    def phases_shape(self) -> bool:
+        """Whether the input gradient splits into stride-1 phases: strided, undilated,
+        ungrouped."""
+        return (max(self.stride) > 1 and tuple(self.dilation) == (1, 1) and self.groups == 1)
 
     def winograd_shape(self) -> bool:
         """Whether F(2x2, 3x3) computes it: 3x3, stride 1, undilated, ungrouped."""
@@ -221,4 +227,8 @@ def candidates(g: ConvGeometry, train: bool = False) -> tuple:
         out.append("taps")
     if g.winograd_shape() and jnp.dtype(g.dtype) == jnp.float32:
         out.append("winograd")
+    if train and g.phases_shape():
+        out.append("xla+phases")
+    if train and g.groups == 1 and cols <= IM2COL_MAX_BYTES:
+        out.append("xla+colgrad")
     return tuple(out)

@@ -32,9 +32,16 @@ CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": 
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 #: Options giving one program YNNPACK's own matmul whatever ``XLA_FLAGS`` says (the
-#: benchmark's matmul peak takes the better of it and XLA's).
+#: benchmark's matmul peak takes the better of it and XLA's). Programs computing in
+#: bfloat16/float16 get them on a CPU with bfloat16 dot instructions (:func:`bf16_dots`):
+#: YNNPACK multiplies bfloat16 operands into float32 there, where XLA's own dot and every
+#: convolution convert them to float32 first (1.8-2x the bfloat16 matmul speed,
+#: docs/benchmarks.md); convolutions stay XLA's.
 YNNPACK_DOT_OPTIONS: dict[str, Any] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+#: /proc/cpuinfo flags naming bfloat16 dot-product instructions (AVX-512 BF16, AMX tiles).
+BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16")
 
 #: The environment variable that stops ``import zoo`` touching ``XLA_FLAGS``: 0, false,
 #: no or off (any case); unset or anything else leaves the flag on.
@@ -45,21 +52,39 @@ OPT_OUT = "ZOO_XLA_FLAGS"
 _JAXLIB_WITH_FLAG = ((0, 10), (0, 12))
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def bf16_dots() -> bool:
+    """Whether this CPU has bfloat16 dot instructions (:data:`BF16_DOT_FLAGS`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in BF16_DOT_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def compiler_options(backend: str | None = None, *, low_precision: bool = False) -> dict[str, Any]:
     """The options :func:`jit` passes for ``backend`` (default: JAX's default backend);
-    none off the CPU."""
+    none off the CPU. ``low_precision``: the program computes in bfloat16 or float16, so
+    on a CPU with :func:`bf16_dots` its matmuls go to YNNPACK (:data:`YNNPACK_DOT_OPTIONS`)."""
     backend = backend or jax.default_backend()
-    return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else {}
+    if backend != "cpu":
+        return {}
+    return dict(YNNPACK_DOT_OPTIONS if low_precision and bf16_dots() else CPU_COMPILER_OPTIONS)
 
 
-def jit(fun: Callable | None = None, **kwargs) -> Callable:
+def jit(fun: Callable | None = None, *, low_precision: bool = False, **kwargs) -> Callable:
     """``jax.jit(fun, **kwargs)`` plus :func:`compiler_options` (merged under any
-    ``compiler_options`` given). Usable as ``@zoo.jit`` or ``zoo.jit(static_argnums=1)(f)``.
-    With the process flag set (:func:`set_process_flags`) it compiles the same program as
-    ``jax.jit``; without it, it is the way to zoo's speed."""
+    ``compiler_options`` given); ``low_precision=True`` for a program that computes in
+    bfloat16/float16. Usable as ``@zoo.jit`` or ``zoo.jit(static_argnums=1)(f)``. With
+    the process flag set (:func:`set_process_flags`) it compiles the same float32 program
+    as ``jax.jit``; without it, it is the way to zoo's speed."""
     if fun is None:
-        return functools.partial(jit, **kwargs)
-    options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
+        return functools.partial(jit, low_precision=low_precision, **kwargs)
+    options = {**compiler_options(low_precision=low_precision),
+               **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=options or None, **kwargs)
 
 

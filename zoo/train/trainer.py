@@ -69,9 +69,11 @@ class Trainer:
                              if cfg.freeze and state_template is not None else None)
         self.tx, self.schedule = make_optimizer(cfg, steps_per_epoch, params_template,
                                                 classifier=self.classifier, frozen=self.frozen)
-        self._train_step = xla.jit(self._step, donate_argnums=0,
+        low = cfg.dtype != "float32"     # bfloat16 programs: the CPU's bfloat16 matmuls
+        self._train_step = xla.jit(self._step, donate_argnums=0, low_precision=low,
                                    out_shardings=(self.replicated, self.replicated))
-        self._eval_step = xla.jit(self._eval, out_shardings=(self.replicated, self.batch_sharding))
+        self._eval_step = xla.jit(self._eval, low_precision=low,
+                                  out_shardings=(self.replicated, self.batch_sharding))
         self._init = xla.jit(self._make_state, out_shardings=self.replicated)
 
     # -- state

@@ -18,7 +18,11 @@ import jax.numpy as jnp
 
 from ..kernels.policy import ConvPolicy
 from . import cache
-from .measure import ConvCall, convs_of, conv_program, interleaved, model_program, summarise
+from .measure import (ConvCall, convs_of, conv_program, interleaved, model_program,
+                      paired_ratio, summarise)
+
+#: interleaved rounds of a whole-model comparison at least (one conv moves a step by little)
+MODEL_ROUNDS = 7
 
 POLICIES = ("tuned", "default", "xla")
 
@@ -106,8 +110,10 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     ``train``: time the train step's forward and gradients, else the forward. ``rounds``:
     interleaved rounds per geometry (medians compared). ``margin``: another implementation
     replaces the default rules' choice only when faster by more than this fraction.
-    ``verify``: time the whole model under the tuned and the default policy and keep the
-    measured choices only if the tuned one is not slower. ``use_cache``: skip geometries
+    ``verify``: try each change in the whole model (one at a time against the changes kept
+    so far), then all kept against the default policy, at least :data:`MODEL_ROUNDS`
+    interleaved rounds each, by the median of the per-round time ratios; a change is kept
+    only if it makes the model faster, the table only if it is not slower. ``use_cache``: skip geometries
     already measured here (``refresh`` measures them again) and save the verdicts.
     ``timings(call, impl) -> seconds`` replaces the measurement (nothing compiled or run;
     deterministic; for tests). ``report``: a dict filled with every figure."""
@@ -120,8 +126,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
                          f"{margin}")
     base = model.policy
     calls = convs_of(model.with_policy(base.replace(tuned=())), shape, train=train, dtype=dtype)
-    known = cache.load() if use_cache and not refresh else {}
-    todo = [c for c in calls if c.key not in known]
+    known = cache.load() if use_cache else {}
+    todo = [c for c in calls if refresh or c.key not in known]
     mode = "train step" if train else "forward"
     log(f"tune {model.name} {mode}, input {'x'.join(map(str, shape))} "
         f"{jnp.dtype(dtype).name}: {len(calls)} conv geometries, {len(calls) - len(todo)} "
@@ -147,7 +153,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     if progress and todo:
         _progress(len(todo), len(todo), "measured")
     table = dict(base.tuned)
-    table.update({k: e["impl"] for k, e in known.items()})
+    table.update({k: e["impl"] for k, e in known.items() if k not in entries})
     table.update({k: e["impl"] for k, e in entries.items()})
     new = [c for c in calls if c.key in entries and entries[c.key]["impl"] != c.default_impl()]
     check = None
@@ -155,7 +161,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
         check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
                          log)
     for c in calls:
-        e = entries.get(c.key) or known.get(c.key)
+        e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
             log(f"  {_describe(c)}: {e['impl']} instead of {c.default_impl()} "
                 f"({e['seconds'][e['impl']] * 1e3:.2f} ms against "
@@ -169,9 +175,9 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
 
 
 def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, log):
-    """Keep each choice that won alone only if it also makes the whole model faster: one
-    change at a time against the choices kept so far (a conv fast alone can slow what XLA
-    fuses around it), then all kept against the default rules. ``table`` and ``entries``
+    """Keep each choice that won alone (by more than ``margin``) only if it also makes the
+    whole model faster: one change at a time against the choices kept so far (a conv fast
+    alone can slow what XLA fuses around it), then all kept against the default rules. ``table`` and ``entries``
     are updated in place; returns the final comparison."""
     def program(t):
         return model_program(model.with_policy(base.replace(tuned=tuple(t.items()))), shape,
@@ -184,13 +190,16 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, marg
     for i, c in enumerate(new):
         trial = dict(kept, **{c.key: entries[c.key]["impl"]})
         candidate = program(trial)
-        st = summarise(interleaved({"without": current, "with": candidate}, rounds, 0.2))
-        ok = st["with"][0] < (1 - margin) * st["without"][0]
+        times = interleaved({"without": current, "with": candidate}, max(rounds, MODEL_ROUNDS),
+                            0.2)
+        st, ratio = summarise(times), paired_ratio(times, "with", "without")
+        ok = ratio < 1.0   # one conv of many: its share of the step is small
         entries[c.key]["in_model"] = dict(model=model.name, with_s=st["with"][0],
-                                          without_s=st["without"][0], kept=ok)
+                                          without_s=st["without"][0], ratio=ratio, kept=ok)
         log(f"  [{i + 1}/{len(new)}] {_describe(c)} as {entries[c.key]['impl']} in the whole "
             f"{'train step' if train else 'forward'}: {st['with'][0] * 1e3:.1f} ms against "
-            f"{st['without'][0] * 1e3:.1f} ({'kept' if ok else 'not kept'})")
+            f"{st['without'][0] * 1e3:.1f}, paired ratio {ratio:.3f} "
+            f"({'kept' if ok else 'not kept'})")
         if ok:
             kept, current = trial, candidate
         else:
@@ -201,7 +210,7 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, marg
         return None
     out = _verify(model, shape, base.replace(tuned=()), base.replace(tuned=tuple(kept.items())),
                   train, dtype, rounds, log)
-    if out["tuned_s"] > out["default_s"]:
+    if out["ratio"] > 1.0:
         for c in new:
             if entries[c.key]["impl"] != c.default_impl():
                 entries[c.key].update(impl=c.default_impl(),
@@ -213,15 +222,18 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, marg
 def _verify(model, shape, default: ConvPolicy, tuned: ConvPolicy, train, dtype, rounds,
             log) -> dict:
     """The whole model under both policies, interleaved: median seconds per call."""
+    rounds = max(rounds, MODEL_ROUNDS)
     log(f"checking the whole {'train step' if train else 'forward'} under the tuned and the "
         f"default policy ({rounds} interleaved rounds)")
     programs = {name: model_program(model.with_policy(p), shape, train=train, dtype=dtype)
                 for name, p in (("default", default), ("tuned", tuned))}
-    stats = summarise(interleaved(programs, rounds, min_rep_s=0.2))
+    times = interleaved(programs, rounds, min_rep_s=0.2)
+    stats = summarise(times)
     out = dict(default_s=stats["default"][0], tuned_s=stats["tuned"][0],
-               default_spread=stats["default"][1:], tuned_spread=stats["tuned"][1:])
-    verdict = ("kept" if out["tuned_s"] <= out["default_s"]
+               default_spread=stats["default"][1:], tuned_spread=stats["tuned"][1:],
+               ratio=paired_ratio(times, "tuned", "default"))
+    verdict = ("kept" if out["ratio"] <= 1.0
                else "not kept: the default rules decide these geometries")
     log(f"  tuned {out['tuned_s'] * 1e3:.1f} ms, default {out['default_s'] * 1e3:.1f} ms per "
-        f"call (tuned/default {out['tuned_s'] / out['default_s']:.3f}): {verdict}")
+        f"call (paired tuned/default {out['ratio']:.3f}): {verdict}")
     return out

@@ -30,15 +30,19 @@ class ConvCall(NamedTuple):
         return self.geometry.key(self.train)
 
     def default_impl(self) -> str:
-        """What the hand-tuned rules run it as (in inference, a custom conv with XLA's
-        forward is XLA's convolution: the same program)."""
-        impl = self.policy.replace(tuned=()).choose(self.geometry, self.train)
-        if not self.train and impl in CUSTOM_CONVS and CUSTOM_CONVS[impl].forward == "xla":
-            return "xla"
-        return impl
+        """What the hand-tuned rules run it as."""
+        return self.policy.replace(tuned=()).choose(self.geometry, self.train)
 
     def candidates(self) -> tuple:
-        return candidates(self.geometry, self.train)
+        """What can run it, one name per distinct program: in inference a custom conv with
+        XLA's forward is XLA's convolution, named as the rules name it; a conv whose input
+        gradient no one needs (the image's) leaves out the one that only changes that."""
+        out = candidates(self.geometry, self.train)
+        default = self.default_impl()
+        if not self.train and default in CUSTOM_CONVS and CUSTOM_CONVS[default].forward == "xla":
+            out = tuple(default if i == "xla" else i for i in out)
+        return out if self.needs_dx else tuple(i for i in out
+                                               if i not in ("xla+phases", "xla+colgrad"))
 
 
 def convs_of(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> list[ConvCall]:
@@ -93,27 +97,33 @@ def conv_program(call: ConvCall, impl: str) -> tuple[Callable, tuple]:
                 y, pull = jax.vjp(lambda b: kernels.conv2d(x, b, **kw), w)
                 return (y, *pull(dy))
         args = (x, w, dy)
-    return kernels.jit(fn).lower(*args).compile(), args
+    return kernels.jit(fn, low_precision=_low(g.dtype)).lower(*args).compile(), args
 
 
 def model_program(model, input_shape, *, train: bool, dtype) -> tuple[Callable, tuple]:
-    """``(compiled function, arguments)``: the model's inference, or its forward and
-    backward (the gradients of the summed outputs and the new BatchNorm state) for a train
-    step."""
+    """``(compiled function, arguments)``: the model's inference, or a train step: forward,
+    backward (the gradients of the summed outputs) and an SGD update, returning the new
+    params and BatchNorm state (what XLA fuses around the weight gradients is the trainer's)."""
     variables = model.init(jax.random.key(0), tuple(input_shape))
     x = jnp.asarray(np.random.default_rng(0).standard_normal(input_shape, np.float32), dtype)
     params = variables["params"]   # float32 master weights, as the trainer keeps them
     state, rng = variables["state"], jax.random.key(1)
     if not train:
-        return kernels.jit(lambda p, s, x: model.apply(p, s, x)[0]).lower(
-            params, state, x).compile(), (params, state, x)
+        return kernels.jit(lambda p, s, x: model.apply(p, s, x)[0], low_precision=_low(dtype)
+                           ).lower(params, state, x).compile(), (params, state, x)
 
     def step(p, s, x, rng):
         def loss(p):
             y, new = model.apply(p, s, x, train=True, rng=rng)
             return sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree_util.tree_leaves(y)), new
-        return jax.grad(loss, has_aux=True)(p)
-    return kernels.jit(step).lower(params, state, x, rng).compile(), (params, state, x, rng)
+        grads, new_state = jax.grad(loss, has_aux=True)(p)
+        return jax.tree_util.tree_map(lambda a, g: a - 1e-3 * g, p, grads), new_state
+    return kernels.jit(step, low_precision=_low(dtype)).lower(params, state, x, rng).compile(), \
+        (params, state, x, rng)
+
+
+def _low(dtype) -> bool:
+    return jnp.dtype(dtype) != jnp.float32
 
 
 def interleaved(programs: dict, rounds: int, min_rep_s: float = 0.05) -> dict:
@@ -141,3 +151,9 @@ def interleaved(programs: dict, rounds: int, min_rep_s: float = 0.05) -> dict:
 def summarise(times: dict) -> dict:
     """``{name: (median, min, max)}`` seconds."""
     return {n: (statistics.median(t), min(t), max(t)) for n, t in times.items()}
+
+
+def paired_ratio(times: dict, a: str, b: str) -> float:
+    """The median over rounds of ``a``'s time / ``b``'s in the same round: a drift of the
+    machine's speed between rounds cancels."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
