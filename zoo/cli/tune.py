@@ -42,7 +42,8 @@ def _show() -> int:
     print(f"{cache.path()}: {len(entries)} conv geometries measured on this machine")
     for key, e in entries.items():
         alone = e["seconds"]
-        times = ", ".join(f"{i} {s * 1e3:.2f}" for i, s in sorted(alone.items(), key=lambda x: x[1]))
+        times = ", ".join(f"{i} {s * 1e3:.2f}"
+                          for i, s in sorted(alone.items(), key=lambda x: x[1]))
         print(f"  {key}: {e['impl']} (default {e['default']}; ms alone: {times})")
     return 0
 

@@ -174,10 +174,12 @@ def cols_input_grad(dy, w, geom: Geom, x_shape, out_hw):
     dcols = jnp.dot(dy.reshape(-1, cout), w.reshape(kh * kw * cin, cout).T,
                     precision=geom.precision, preferred_element_type=geom.acc)
     dcols = dcols.astype(dy.dtype).reshape(*dy.shape[:3], kh * kw, cin)
-    to_cols = lambda x: im2col(x, (kh, kw), geom.stride, geom.pads, geom.dilation, out_hw)  # noqa: E731
+    def to_cols(x):
+        return im2col(x, (kh, kw), geom.stride, geom.pads, geom.dilation, out_hw)
     # stored: fused into its consumers (the max pool's gradient), the kh*kw-term sum is
     # recomputed per use: LeNet-5's train step took 2x as long
-    return stored(jax.linear_transpose(to_cols, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)[0])
+    dx = jax.linear_transpose(to_cols, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)[0]
+    return stored(dx)
 
 
 def _taps_conv(x, w, geom: Geom, out_hw):

@@ -113,8 +113,9 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     ``verify``: try each change in the whole model (one at a time against the changes kept
     so far), then all kept against the default policy, at least :data:`MODEL_ROUNDS`
     interleaved rounds each, by the median of the per-round time ratios; a change is kept
-    only if it makes the model faster, the table only if it is not slower. ``use_cache``: skip geometries
-    already measured here (``refresh`` measures them again) and save the verdicts.
+    only if it makes the model faster, the table only if it is not slower. ``use_cache``:
+    skip geometries already measured here (``refresh`` measures them again) and save the
+    verdicts.
     ``timings(call, impl) -> seconds`` replaces the measurement (nothing compiled or run;
     deterministic; for tests). ``report``: a dict filled with every figure."""
     shape = tuple(int(d) for d in input_shape)
@@ -158,8 +159,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     new = [c for c in calls if c.key in entries and entries[c.key]["impl"] != c.default_impl()]
     check = None
     if verify and timings is None and new:
-        check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
-                         log)
+        check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log)
     for c in calls:
         e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
@@ -174,10 +174,10 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     return base.replace(tuned=tuple(table.items()))
 
 
-def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, log):
-    """Keep each choice that won alone (by more than ``margin``) only if it also makes the
-    whole model faster: one change at a time against the choices kept so far (a conv fast
-    alone can slow what XLA fuses around it), then all kept against the default rules. ``table`` and ``entries``
+def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log):
+    """Keep each choice that won alone only if it also makes the whole model faster: one
+    change at a time against the choices kept so far (a conv fast alone can slow what XLA
+    fuses around it), then all kept against the default rules. ``table`` and ``entries``
     are updated in place; returns the final comparison."""
     def program(t):
         return model_program(model.with_policy(base.replace(tuned=tuple(t.items()))), shape,
