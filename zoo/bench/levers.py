@@ -2,24 +2,16 @@
 policy with one field changed that change its program."""
 from __future__ import annotations
 
-
-import jax
-
-from .. import kernels, nn
+from .. import kernels
 from ..train import DTYPES
+from ..tuning.measure import traced_convs
 
 
 def conv_choices(model, input_shape, *, dtype: str = "float32", train: bool = False) -> list[tuple]:
     """What each conv of ``model`` runs as for ``input_shape`` under its policy (traced
     abstractly, nothing computed; ``train``: in a train step): rows ``(path, impl, input
     shape, kernel shape)``."""
-    abstract, _ = model.abstract_init(input_shape)
-    x = jax.ShapeDtypeStruct(tuple(input_shape), DTYPES[dtype])
-    rng = jax.random.key(0)
-    with nn.recording() as rec:
-        jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=train, rng=rng)[0],
-                       abstract["params"], abstract["state"], x)
-    return rec.convs
+    return traced_convs(model, input_shape, train=train, dtype=DTYPES[dtype]).convs
 
 
 #: Lever variants: name -> (changes to the model's policy, applies to 'infer'/'train'), each

@@ -8,7 +8,21 @@ import math
 import os
 import sys
 
-__all__ = ["at_least", "output_file", "positive_floats", "warn"]
+__all__ = ["POLICY_HELP", "add_policy", "at_least", "output_file", "positive_floats", "warn"]
+
+#: what each ``--policy`` name means (zoo.tuning.named_policy)
+POLICY_HELP = ("tuned (the default rules plus what `zoo tune` measured on this machine), "
+               "default (the hand-tuned rules) or xla (every conv XLA's own); default tuned")
+
+
+def add_policy(group, *, default=None, several: bool = False) -> None:
+    """The ``--policy`` flag: how the convolutions run (``several``: the first for the main
+    runner, the others beside it)."""
+    from ..tuning import POLICIES
+    lead = ("conv policies: the main JAX runner's, then runners beside it named policy_NAME; "
+            "each " if several else "how the convolutions run: ")
+    group.add_argument("--policy", choices=POLICIES, default=default,
+                       nargs="+" if several else None, help=lead + POLICY_HELP)
 
 
 def at_least(low: int):

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 
 from .. import bench
-from .args import output_file
+from .args import add_policy, output_file
 
 
 def add_arguments(p, name: str) -> None:
@@ -38,11 +38,7 @@ def add_arguments(p, name: str) -> None:
                    help="a repetition repeats the call until it lasts about this long")
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col"],
                    help="ConvPolicy.impl of the main JAX runner")
-    p.add_argument("--policy", nargs="+", default=["tuned"], choices=["tuned", "default", "xla"],
-                   help="conv policy of the main JAX runner (first) and of runners beside it "
-                        "(the rest, named policy_NAME), e.g. --policy tuned default: tuned "
-                        "(the default rules plus what `zoo tune` measured on this machine), "
-                        "default (the rules alone), xla (every conv XLA's own); default tuned")
+    add_policy(p, default=["tuned"], several=True)
     p.add_argument("--jit", default="zoo", choices=["zoo", "jax"],
                    help="how the JAX runners compile: zoo.jit, or plain jax.jit (what a "
                         "user's own jit gets: XLA_FLAGS as import zoo left it; set "

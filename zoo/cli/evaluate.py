@@ -16,7 +16,7 @@ import argparse
 import json
 import warnings
 
-from .args import at_least, output_file, warn
+from .args import add_policy, at_least, output_file, warn
 
 #: flags that belong to one mode only: flag -> (attribute, mode)
 _ONLY = {"--checkpoint": ("checkpoint", "--run"), "--labels": ("labels", "--weights"),
@@ -50,9 +50,7 @@ def add_arguments(p, name: str) -> None:
                    help="fail on an unreadable image instead of skipping it with a warning "
                         "(--weights)")
     p.add_argument("--batch-size", type=at_least(1), help="default 64")
-    p.add_argument("--policy", choices=("tuned", "default", "xla"), default="tuned",
-                   help="how the convolutions run: tuned (the default rules plus what `zoo "
-                        "tune` measured on this machine), default or xla; default tuned")
+    add_policy(p, default="tuned")
     p.add_argument("--output", type=output_file,
                    help="confusion-matrix PNG path (default: in the run directory; with "
                         "--weights ./confusion_<weights>-<dataset>.png)")

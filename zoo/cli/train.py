@@ -15,6 +15,7 @@ import argparse
 from .. import train as T
 from ..data import DATA_MODES
 from ..train.config import AUGMENT_CHOICES
+from .args import add_policy
 
 
 def _epochs(text: str) -> tuple:
@@ -70,10 +71,7 @@ def add_arguments(p, name: str) -> None:
     g.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
     g.add_argument("--dtype", choices=tuple(T.DTYPES), help="compute dtype; params and BN "
                                                              "statistics stay float32")
-    g.add_argument("--policy", choices=("tuned", "default", "xla"),
-                   help="how the convolutions run: tuned (the default rules plus what `zoo "
-                        "tune` measured on this machine), default (the hand-tuned rules) or xla "
-                        "(every conv XLA's own); default tuned")
+    add_policy(g)
     g.add_argument("--seed", type=int, help="seeds init, data order, augmentation, dropout")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--pretrained", metavar="TAG_OR_PATH", help="start from these weights "

@@ -45,16 +45,23 @@ class ConvCall(NamedTuple):
                                                if i not in ("xla+phases", "xla+colgrad"))
 
 
-def convs_of(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> list[ConvCall]:
-    """The distinct convolutions ``model.apply`` runs on ``input_shape`` (traced abstractly,
-    nothing computed), in order; those inside a scanned run and those with an implementation
-    fixed by the layer are left out (the measured table does not decide them)."""
+def traced_convs(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> nn.Recorder:
+    """The :class:`zoo.nn.Recorder` of ``model.apply`` on ``input_shape`` traced abstractly
+    (nothing computed; ``train``: as in a train step): its ``convs`` and ``conv_args``."""
     abstract, _ = model.abstract_init(input_shape)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.dtype(dtype))
     rng = jax.random.key(0)
     with nn.recording() as rec:
         jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=train, rng=rng, check=False)[0],
                        abstract["params"], abstract["state"], x)
+    return rec
+
+
+def convs_of(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> list[ConvCall]:
+    """The distinct convolutions ``model.apply`` runs on ``input_shape``, in order; those
+    inside a scanned run and those with an implementation fixed by the layer are left out
+    (the measured table does not decide them)."""
+    rec = traced_convs(model, input_shape, train=train, dtype=dtype)
     calls: dict[str, ConvCall] = {}
     for a in rec.conv_args:
         policy = a["policy"] or model.policy
