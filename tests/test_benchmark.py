@@ -167,3 +167,40 @@ def test_input_pipeline_too_few_images_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: --input-pipeline" in err and "6 images make 1 batch(es)" in err
     assert "Traceback" not in err
+
+
+def test_interleaving_times_each_call_settled_and_calibrated_past_its_first():
+    """A fake clock: each call costs its time, plus a switch cost when another call ran just
+    before it; the first call of each is slow (a compile)."""
+    from zoo.tuning.measure import interleave
+    cost = {"short": 0.010, "long": 0.600}
+    now, last, seen, log = [0.0], [None], set(), []
+
+    def make(name):
+        def call():
+            now[0] += cost[name] + (0.005 if last[0] not in (None, name) else 0.0) \
+                + (1.0 if name not in seen else 0.0)
+            seen.add(name)
+            last[0] = name
+            log.append(name)
+        return call
+
+    out = interleave({n: make(n) for n in cost}, rounds=4, min_rep_s=0.105,
+                     block=lambda r: r, clock=lambda: now[0])
+    # calibrated on warm calls: 10 calls of 10 ms make a 0.1 s repetition, not 1
+    assert out["calls"] == {"short": 10, "long": 1}
+    assert out["settled"] == {"short": True, "long": False}
+    # the settling call absorbs the switch: the short call reads its own cost every round
+    assert out["times"]["short"] == pytest.approx([0.010] * 4)
+    # the long one (no settling call) carries the 5 ms switch, under 1% of its time, in the
+    # rounds where the short one ran just before it (rounds 2 and 4 follow its own call)
+    assert out["times"]["long"] == pytest.approx([0.605, 0.600, 0.605, 0.600])
+    # warm-up 1, calibration 2 (short) or 1 (long), then 4 rounds of (1 + 10) or 1 calls
+    assert log.count("short") == 1 + 2 + 4 * 11 and log.count("long") == 1 + 1 + 4
+    # the order rotates: each round starts with the next call
+    short, long = ["short"] * 11, ["long"]
+    assert log[5:] == short + long + long + short + short + long + long + short
+    # nothing timed before the rounds when asked for none
+    again = interleave({"long": make("long")}, rounds=2, min_rep_s=0, warmup=0,
+                       settle_below_s=0, block=lambda r: r, clock=lambda: now[0])
+    assert again["calls"] == {"long": 1} and len(again["times"]["long"]) == 2

@@ -60,7 +60,7 @@ def scan_step_times(model, rounds: int, log) -> dict:
         built = model if min_run is None else model.with_policy(
             model.policy.replace(scan_min_run=min_run))
         runners.append(jax_runner(built, "train", 32, 224, name=label))
-    timing = interleaved(runners, rounds=rounds, min_rep_s=0, warmup=1)
+    timing = interleaved(runners, rounds=rounds, min_rep_s=0, warmup=1, settle_below_s=0)
     out = {r.name: stats(timing["times"][r.name], r.batch) for r in runners}
     ratio = out["scanned"]["seconds_median"] / out["unrolled"]["seconds_median"]
     out["time_ratio"] = ratio

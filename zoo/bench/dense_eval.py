@@ -77,7 +77,7 @@ def benchmark_dense_eval(model_name: str = "vgg16", size: int = 384, repeats: in
     del outputs
     # interleaved, so that load changes hit every variant alike
     timing = interleaved([Runner(name, run, 1) for name, run in runners.items()],
-                         rounds=repeats, min_rep_s=0.0, warmup=0)
+                         rounds=repeats, min_rep_s=0.0, warmup=0, settle_below_s=0)
     for name, ts in timing["times"].items():
         result[name] = float(np.median(ts))
     result["crops_batched_gflops"] = result["gflop_crops"] / result["crops_batched"]

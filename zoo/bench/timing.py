@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from ..kernels import xla
 from ..machine import cpu as cpu_info
 from ..train import DTYPES
+from ..tuning.measure import SETTLE_BELOW_S, interleave
 
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
@@ -88,29 +89,13 @@ class Runner:
 # Interleaved timing.
 
 def interleaved(runners: Sequence[Runner], rounds: int = 5, min_rep_s: float = 0.2,
-                warmup: int = 2) -> dict:
-    """Time ``runners`` round by round: each round runs every runner once (the order
-    rotating), one repetition being ``calls`` calls (chosen at warm-up so a repetition
-    lasts about ``min_rep_s``; one call without warm-up). Returns per runner its seconds per
-    call of every round."""
-    calls = {}
-    for r in runners:
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            _block(r.step())
-        per = (time.perf_counter() - t0) / warmup if warmup else float("inf")
-        calls[r.name] = max(1, int(min_rep_s / max(per, 1e-6)))
-    times = {r.name: [] for r in runners}
-    for k in range(rounds):
-        order = list(runners[k % len(runners):]) + list(runners[:k % len(runners)])
-        for r in order:
-            n = calls[r.name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                out = r.step()
-            _block(out)
-            times[r.name].append((time.perf_counter() - t0) / n)
-    return dict(times=times, calls=calls)
+                warmup: int = 2, settle_below_s: float = SETTLE_BELOW_S) -> dict:
+    """Time ``runners`` round by round (:func:`zoo.tuning.measure.interleave`: the order
+    rotating; a repetition of about ``min_rep_s``, its length set by a call timed after
+    ``warmup`` untimed ones; a short call's repetition starts with one untimed call).
+    Returns per runner its seconds per call of every round, and its calls per repetition."""
+    return interleave({r.name: r.step for r in runners}, rounds, min_rep_s, warmup=warmup,
+                      settle_below_s=settle_below_s, block=_block)
 
 
 def stats(seconds: Sequence[float], batch: int, flops: float | None = None,
