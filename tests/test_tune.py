@@ -146,6 +146,51 @@ def test_tuning_is_deterministic_given_timings(tune_cache):
     assert all(v == c.default_impl() for c in calls for k, v in near.tuned if k == c.key)
 
 
+def test_whole_model_check_tries_the_next_fastest_when_the_fastest_loses(tune_cache,
+                                                                          monkeypatch):
+    """Fake programs and clock: conv2 alone ranks im2col, xla+colgrad, then the rules'
+    choice; in the whole step im2col doubles the time and xla+colgrad saves 10%."""
+    import zoo.tuning as tuning
+    model = zoo.create("lenet5")
+    shape = (4, 32, 32, 1)
+    conv2 = [c for c in convs_of(model, shape, train=True) if c.where == "conv2"][0]
+    alone = {"im2col": 1.0, "xla+colgrad": 2.0, "taps": 2.9, conv2.default_impl(): 3.0}
+    in_model = {"im2col": 2.0, "xla+colgrad": 0.9}
+
+    def conv_program(call, impl):           # (program, arguments): a token for the program
+        return ("conv", (call.key, impl)), ()
+
+    def model_program(built, input_shape, *, train, dtype):
+        return ("model", dict(built.policy.tuned).get(conv2.key)), ()
+
+    def interleaved(programs, rounds, min_rep_s=0.05):
+        def seconds(token):
+            kind, what = token
+            if kind == "conv":
+                key, impl = what
+                return alone.get(impl, 5.0) if key == conv2.key else (1.0 if impl == "taps" else 2.0)
+            return 10.0 * in_model.get(what, 1.0)
+        return {name: [seconds(fn)] * rounds for name, (fn, _) in programs.items()}
+
+    monkeypatch.setattr(tuning, "conv_program", conv_program)
+    monkeypatch.setattr(tuning, "model_program", model_program)
+    monkeypatch.setattr(tuning, "interleaved", interleaved)
+    report = {}
+    policy = tune(model, shape, train=True, use_cache=False, log=lambda m: 0, progress=False,
+                  report=report)
+    entry = report["entries"][conv2.key]
+    assert [t["impl"] for t in entry["in_model"]] == ["im2col", "xla+colgrad"]
+    assert [t["kept"] for t in entry["in_model"]] == [False, True]
+    assert entry["in_model"][0]["ratio"] == pytest.approx(2.0)
+    assert entry["impl"] == "xla+colgrad" and entry["fastest_alone"] == "im2col"
+    assert dict(policy.tuned)[conv2.key] == "xla+colgrad"
+    assert report["verify"]["ratio"] == pytest.approx(0.9)
+    # with one try, the loser alone is tried and the rules' choice stays
+    monkeypatch.setattr(tuning, "MODEL_TRIES", 1)
+    policy = tune(model, shape, train=True, use_cache=False, log=lambda m: 0, progress=False)
+    assert dict(policy.tuned)[conv2.key] == conv2.default_impl()
+
+
 def test_tuned_choices_run_and_equal_the_default_model(tune_cache):
     model = zoo.create("resnet18", num_classes=10)
     shape = (2, 32, 32, 3)

@@ -23,6 +23,9 @@ from .measure import (ConvCall, convs_of, conv_program, interleaved, model_progr
 
 #: interleaved rounds of a whole-model comparison at least (one conv moves a step by little)
 MODEL_ROUNDS = 7
+#: implementations tried per geometry in the whole model, fastest alone first: the fastest
+#: alone can lose there to the next one, which fuses better (docs/tuning.md)
+MODEL_TRIES = 2
 
 POLICIES = ("tuned", "default", "xla")
 
@@ -88,6 +91,16 @@ def _describe(c: ConvCall) -> str:
     kh, kw, cin, cout = g.w_shape
     return (f"{c.where}: {kh}x{kw}/{g.stride[0]} {cin * g.groups}->{cout} at "
             f"{g.x_shape[1]}x{g.x_shape[2]}")
+
+
+def _contenders(call: ConvCall, entry: dict, margin: float) -> list:
+    """The implementations faster alone than the default choice by more than ``margin``,
+    fastest first (what the whole-model check tries, in this order)."""
+    seconds, default = entry["seconds"], call.default_impl()
+    order = sorted(seconds, key=lambda i: (seconds[i], call.candidates().index(i)))
+    if default not in seconds:
+        return [i for i in order if i != default]
+    return [i for i in order if i != default and seconds[i] < (1 - margin) * seconds[default]]
 
 
 def _choose(call: ConvCall, seconds: dict, margin: float) -> str:
@@ -159,7 +172,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     new = [c for c in calls if c.key in entries and entries[c.key]["impl"] != c.default_impl()]
     check = None
     if verify and timings is None and new:
-        check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log)
+        check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
+                         log)
     for c in calls:
         e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
@@ -174,11 +188,12 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     return base.replace(tuned=tuple(table.items()))
 
 
-def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log):
+def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, log):
     """Keep each choice that won alone only if it also makes the whole model faster: one
     change at a time against the choices kept so far (a conv fast alone can slow what XLA
-    fuses around it), then all kept against the default rules. ``table`` and ``entries``
-    are updated in place; returns the final comparison."""
+    fuses around it; then the next fastest alone is tried, up to :data:`MODEL_TRIES`), then
+    all kept against the default rules. ``table`` and ``entries`` are updated in place;
+    returns the final comparison."""
     def program(t):
         return model_program(model.with_policy(base.replace(tuned=tuple(t.items()))), shape,
                              train=train, dtype=dtype)
@@ -188,22 +203,26 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log)
         kept[c.key] = c.default_impl()
     current = program(kept)
     for i, c in enumerate(new):
-        trial = dict(kept, **{c.key: entries[c.key]["impl"]})
-        candidate = program(trial)
-        times = interleaved({"without": current, "with": candidate}, max(rounds, MODEL_ROUNDS),
-                            0.2)
-        st, ratio = summarise(times), paired_ratio(times, "with", "without")
-        ok = ratio < 1.0   # one conv of many: its share of the step is small
-        entries[c.key]["in_model"] = dict(model=model.name, with_s=st["with"][0],
-                                          without_s=st["without"][0], ratio=ratio, kept=ok)
-        log(f"  [{i + 1}/{len(new)}] {_describe(c)} as {entries[c.key]['impl']} in the whole "
-            f"{'train step' if train else 'forward'}: {st['with'][0] * 1e3:.1f} ms against "
-            f"{st['without'][0] * 1e3:.1f}, paired ratio {ratio:.3f} "
-            f"({'kept' if ok else 'not kept'})")
-        if ok:
-            kept, current = trial, candidate
-        else:
-            entries[c.key].update(impl=c.default_impl(), fastest_alone=entries[c.key]["impl"])
+        tried = []
+        for impl in _contenders(c, entries[c.key], margin)[:MODEL_TRIES]:
+            trial = dict(kept, **{c.key: impl})
+            candidate = program(trial)
+            times = interleaved({"without": current, "with": candidate},
+                                max(rounds, MODEL_ROUNDS), 0.2)
+            st, ratio = summarise(times), paired_ratio(times, "with", "without")
+            ok = ratio < 1.0   # one conv of many: its share of the step is small
+            tried.append(dict(model=model.name, impl=impl, with_s=st["with"][0],
+                              without_s=st["without"][0], ratio=ratio, kept=ok))
+            log(f"  [{i + 1}/{len(new)}] {_describe(c)} as {impl} in the whole "
+                f"{'train step' if train else 'forward'}: {st['with'][0] * 1e3:.1f} ms against "
+                f"{st['without'][0] * 1e3:.1f}, paired ratio {ratio:.3f} "
+                f"({'kept' if ok else 'not kept'})")
+            if ok:
+                kept, current = trial, candidate
+                break
+        entries[c.key]["in_model"] = tried
+        if kept[c.key] != entries[c.key]["impl"]:
+            entries[c.key].update(impl=kept[c.key], fastest_alone=entries[c.key]["impl"])
     table.clear()
     table.update(kept)
     if not any(entries[c.key]["impl"] != c.default_impl() for c in new):
@@ -213,8 +232,8 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, log)
     if out["ratio"] > 1.0:
         for c in new:
             if entries[c.key]["impl"] != c.default_impl():
-                entries[c.key].update(impl=c.default_impl(),
-                                      fastest_alone=entries[c.key]["impl"])
+                entries[c.key].setdefault("fastest_alone", entries[c.key]["impl"])
+                entries[c.key]["impl"] = c.default_impl()
             table[c.key] = c.default_impl()
     return out
 
