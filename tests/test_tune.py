@@ -124,6 +124,8 @@ def test_tuning_is_deterministic_given_timings(tune_cache):
     shape = (2, 32, 32, 3)
     calls = convs_of(model, shape, train=True)
     assert len(calls) == len({c.key for c in calls}) == 11     # distinct geometries
+    assert sum(c.uses for c in calls) == 20                     # ResNet-18's 20 convs
+    assert max(c.uses for c in calls) == 4 and calls[0].uses == 1   # layer1's 3x3s; the stem
     assert [c.needs_dx for c in calls][0] is False and all(c.needs_dx for c in calls[1:])
     timings = fake_timings({"im2col": 0.5, "winograd": 0.4})
     reports = [{}, {}]
@@ -156,6 +158,7 @@ def test_whole_model_check_tries_the_next_fastest_when_the_fastest_loses(tune_ca
     conv2 = [c for c in convs_of(model, shape, train=True) if c.where == "conv2"][0]
     alone = {"im2col": 1.0, "xla+colgrad": 2.0, "taps": 2.9, conv2.default_impl(): 3.0}
     in_model = {"im2col": 2.0, "xla+colgrad": 0.9}
+    conv1 = {True: 1.0, False: 2.0}         # conv1: the rules' taps, the fastest alone
 
     def conv_program(call, impl):           # (program, arguments): a token for the program
         return ("conv", (call.key, impl)), ()
@@ -168,7 +171,7 @@ def test_whole_model_check_tries_the_next_fastest_when_the_fastest_loses(tune_ca
             kind, what = token
             if kind == "conv":
                 key, impl = what
-                return alone.get(impl, 5.0) if key == conv2.key else (1.0 if impl == "taps" else 2.0)
+                return alone.get(impl, 5.0) if key == conv2.key else conv1[impl == "taps"]
             return 10.0 * in_model.get(what, 1.0)
         return {name: [seconds(fn)] * rounds for name, (fn, _) in programs.items()}
 
@@ -189,6 +192,17 @@ def test_whole_model_check_tries_the_next_fastest_when_the_fastest_loses(tune_ca
     monkeypatch.setattr(tuning, "MODEL_TRIES", 1)
     policy = tune(model, shape, train=True, use_cache=False, log=lambda m: 0, progress=False)
     assert dict(policy.tuned)[conv2.key] == conv2.default_impl()
+    # a saving under the margin of the model's conv time (conv1 now takes 100 s alone,
+    # whatever runs it) is not tried in the whole model at all
+    monkeypatch.setattr(tuning, "MODEL_TRIES", 2)
+    monkeypatch.setattr(tuning, "model_program", lambda *a, **k: pytest.fail("compiled"))
+    conv1.update({True: 100.0, False: 100.0})
+    report = {}
+    policy = tune(model, shape, train=True, use_cache=False, log=lambda m: 0, progress=False,
+                  report=report)
+    entry = report["entries"][conv2.key]
+    assert dict(policy.tuned)[conv2.key] == conv2.default_impl() == entry["impl"]
+    assert entry["fastest_alone"] == "im2col" and entry["in_model"] == []
 
 
 def test_tuned_choices_run_and_equal_the_default_model(tune_cache):

@@ -11,7 +11,8 @@ side by side in one process (``zoo benchmark``).
 
 Timing: medians of at least 5 timed repetitions after warm-up, each ending in
 ``block_until_ready``, the runners compared interleaved round by round (the machines are
-shared: compare ratios within a run, not across runs).
+shared: compare ratios within a run, not across runs); a short call's repetition starts
+with one untimed call, so the cost of switching from another runner is not counted.
 """
 from .compile import run_compile_report, scan_step_times
 from .dense_eval import HEAD_VARIANTS, benchmark_dense_eval, format_benchmark

@@ -93,14 +93,27 @@ def _describe(c: ConvCall) -> str:
             f"{g.x_shape[1]}x{g.x_shape[2]}")
 
 
-def _contenders(call: ConvCall, entry: dict, margin: float) -> list:
-    """The implementations faster alone than the default choice by more than ``margin``,
-    fastest first (what the whole-model check tries, in this order)."""
+def _contenders(call: ConvCall, entry: dict, margin: float, floor: float = 0.0) -> list:
+    """The implementations faster alone than the default choice by more than ``margin``
+    and saving at least ``floor`` seconds over the model's ``uses`` of the geometry, fastest
+    first (what the whole-model check tries, in this order)."""
     seconds, default = entry["seconds"], call.default_impl()
     order = sorted(seconds, key=lambda i: (seconds[i], call.candidates().index(i)))
     if default not in seconds:
         return [i for i in order if i != default]
-    return [i for i in order if i != default and seconds[i] < (1 - margin) * seconds[default]]
+    return [i for i in order if i != default and seconds[i] < (1 - margin) * seconds[default]
+            and (seconds[default] - seconds[i]) * call.uses >= floor]
+
+
+def _conv_seconds(calls, entries: dict, known: dict) -> float:
+    """The model's convolutions under the default rules, each timed alone, summed over
+    their uses: a gain smaller than ``margin`` of this cannot be told from the noise of the
+    whole model's time, so such a change is not tried there."""
+    total = 0.0
+    for c in calls:
+        e = entries.get(c.key) or known.get(c.key) or {}
+        total += e.get("seconds", {}).get(c.default_impl(), 0.0) * c.uses
+    return total
 
 
 def _choose(call: ConvCall, seconds: dict, margin: float) -> str:
@@ -173,8 +186,18 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     new = [c for c in calls if c.key in entries and entries[c.key]["impl"] != c.default_impl()]
     check = None
     if verify and timings is None and new:
+        floor = margin * _conv_seconds(calls, entries, known)
+        for c in new:
+            if not _contenders(c, entries[c.key], margin, floor):
+                log(f"  {_describe(c)}: {entries[c.key]['impl']} saves under {margin:.0%} of "
+                    f"the model's conv time alone; the rules' choice stays")
+                entries[c.key].update(impl=c.default_impl(), fastest_alone=entries[c.key]["impl"],
+                                      in_model=[])
+                table[c.key] = c.default_impl()
+        new = [c for c in new if entries[c.key]["impl"] != c.default_impl()]
+    if verify and timings is None and new:
         check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
-                         log)
+                         floor, log)
     for c in calls:
         e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
@@ -189,7 +212,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     return base.replace(tuned=tuple(table.items()))
 
 
-def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, log):
+def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, floor,
+             log):
     """Keep each choice that won alone only if it also makes the whole model faster: one
     change at a time against the choices kept so far (a conv fast alone can slow what XLA
     fuses around it; then the next fastest alone is tried, up to :data:`MODEL_TRIES`), then
@@ -205,7 +229,7 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, marg
     current = program(kept)
     for i, c in enumerate(new):
         tried = []
-        for impl in _contenders(c, entries[c.key], margin)[:MODEL_TRIES]:
+        for impl in _contenders(c, entries[c.key], margin, floor)[:MODEL_TRIES]:
             trial = dict(kept, **{c.key: impl})
             candidate = program(trial)
             times = interleaved({"without": current, "with": candidate},

@@ -17,13 +17,15 @@ from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 
 class ConvCall(NamedTuple):
     """One distinct convolution of a traced model: its geometry, its :func:`conv2d`
-    arguments, the mode, whether its input gradient is needed, the policy it ran under."""
+    arguments, the mode, whether its input gradient is needed, the policy it ran under, and
+    how many of the model's convs share its geometry (``uses``)."""
     where: str
     geometry: ConvGeometry
     args: dict
     train: bool
     needs_dx: bool
     policy: ConvPolicy
+    uses: int = 1
 
     @property
     def key(self) -> str:
@@ -72,8 +74,9 @@ def convs_of(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> l
         needs_dx = train and tuple(a["x_shape"]) != tuple(input_shape)  # the image needs none
         call = ConvCall(a["where"], g, args, bool(train), needs_dx, policy)
         if call.key in calls:
-            if needs_dx and not calls[call.key].needs_dx:
-                calls[call.key] = calls[call.key]._replace(needs_dx=True)
+            seen = calls[call.key]
+            calls[call.key] = seen._replace(needs_dx=seen.needs_dx or needs_dx,
+                                            uses=seen.uses + 1)
             continue
         calls[call.key] = call
     return list(calls.values())
