@@ -127,7 +127,8 @@ def _choose(call: ConvCall, seconds: dict, margin: float) -> str:
 
 
 def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: int = 5,
-         margin: float = 0.03, verify: bool = True, use_cache: bool = True,
+         margin: float = 0.03, verify: bool = True, tries: int = MODEL_TRIES,
+         use_cache: bool = True,
          refresh: bool = False, timings: Callable[[ConvCall, str], float] | None = None,
          progress: bool = True, log: Callable = print, report: dict | None = None) -> ConvPolicy:
     """Measure ``model``'s convolutions for ``input_shape`` (N, H, W, C) on this machine and
@@ -140,7 +141,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     so far), then all kept against the default policy, at least :data:`MODEL_ROUNDS`
     interleaved rounds each, by the median of the per-round time ratios; a change is kept
     only if it makes the model faster by more than ``margin`` too, the table only if it is
-    not slower. ``use_cache``:
+    not slower. ``tries``: implementations tried per geometry in the whole model, fastest
+    alone first. ``use_cache``:
     skip geometries already measured here (``refresh`` measures them again) and save the
     verdicts.
     ``timings(call, impl) -> seconds`` replaces the measurement (nothing compiled or run;
@@ -149,9 +151,9 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"zoo.tune: input_shape must be (batch, height, width, channels), "
                          f"got {tuple(input_shape)}")
-    if rounds < 1 or not 0 <= margin < 1:
-        raise ValueError(f"zoo.tune: rounds must be >= 1 and 0 <= margin < 1, got {rounds}, "
-                         f"{margin}")
+    if rounds < 1 or tries < 1 or not 0 <= margin < 1:
+        raise ValueError(f"zoo.tune: rounds and tries must be >= 1 and 0 <= margin < 1, got "
+                         f"rounds={rounds}, tries={tries}, margin={margin}")
     base = model.policy
     calls = convs_of(model.with_policy(base.replace(tuned=())), shape, train=train, dtype=dtype)
     known = cache.load() if use_cache else {}
@@ -197,7 +199,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
         new = [c for c in new if entries[c.key]["impl"] != c.default_impl()]
     if verify and timings is None and new:
         check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
-                         floor, log)
+                         floor, tries, log)
     for c in calls:
         e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
@@ -213,10 +215,10 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
 
 
 def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin, floor,
-             log):
+             tries, log):
     """Keep each choice that won alone only if it also makes the whole model faster: one
     change at a time against the choices kept so far (a conv fast alone can slow what XLA
-    fuses around it; then the next fastest alone is tried, up to :data:`MODEL_TRIES`), then
+    fuses around it; then the next fastest alone is tried, up to ``tries``), then
     all kept against the default rules. ``table`` and ``entries`` are updated in place;
     returns the final comparison."""
     def program(t):
@@ -229,7 +231,7 @@ def _confirm(model, shape, base, table, new, entries, train, dtype, rounds, marg
     current = program(kept)
     for i, c in enumerate(new):
         tried = []
-        for impl in _contenders(c, entries[c.key], margin, floor)[:MODEL_TRIES]:
+        for impl in _contenders(c, entries[c.key], margin, floor)[:tries]:
             trial = dict(kept, **{c.key: impl})
             candidate = program(trial)
             times = interleaved({"without": current, "with": candidate},
