@@ -128,8 +128,8 @@ def _choose(call: ConvCall, seconds: dict, margin: float) -> str:
 
 def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: int = 5,
          margin: float = 0.03, verify: bool = True, tries: int = MODEL_TRIES,
-         use_cache: bool = True,
-         refresh: bool = False, timings: Callable[[ConvCall, str], float] | None = None,
+         use_cache: bool = True, refresh: bool = False,
+         timings: Callable[[ConvCall, str], float] | None = None,
          progress: bool = True, log: Callable = print, report: dict | None = None) -> ConvPolicy:
     """Measure ``model``'s convolutions for ``input_shape`` (N, H, W, C) on this machine and
     return its policy with the winners in ``tuned``.
@@ -142,9 +142,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     interleaved rounds each, by the median of the per-round time ratios; a change is kept
     only if it makes the model faster by more than ``margin`` too, the table only if it is
     not slower. ``tries``: implementations tried per geometry in the whole model, fastest
-    alone first. ``use_cache``:
-    skip geometries already measured here (``refresh`` measures them again) and save the
-    verdicts.
+    alone first. ``use_cache``: skip geometries already measured here (``refresh`` measures
+    them again) and save the verdicts.
     ``timings(call, impl) -> seconds`` replaces the measurement (nothing compiled or run;
     deterministic; for tests). ``report``: a dict filled with every figure."""
     shape = tuple(int(d) for d in input_shape)
@@ -197,9 +196,9 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
                                       in_model=[])
                 table[c.key] = c.default_impl()
         new = [c for c in new if entries[c.key]["impl"] != c.default_impl()]
-    if verify and timings is None and new:
-        check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds, margin,
-                         floor, tries, log)
+        if new:
+            check = _confirm(model, shape, base, table, new, entries, train, dtype, rounds,
+                             margin, floor, tries, log)
     for c in calls:
         e = entries.get(c.key) or known.get(c.key)   # what this call measured comes first
         if e and e["impl"] != c.default_impl():
