@@ -24,6 +24,8 @@ from typing import Any, Callable, MutableMapping
 
 import jax
 
+from ..machine import cpuinfo
+
 #: XLA debug options for programs compiled for the CPU (the empty list disables every
 #: YNNPACK fusion type: convolutions and dots run as XLA:CPU's own kernels).
 CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -55,14 +57,8 @@ _JAXLIB_WITH_FLAG = ((0, 10), (0, 12))
 @functools.lru_cache(maxsize=1)
 def bf16_dots() -> bool:
     """Whether this CPU has bfloat16 dot instructions (:data:`BF16_DOT_FLAGS`)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return any(flag in line.split() for flag in BF16_DOT_FLAGS)
-    except OSError:
-        pass
-    return False
+    flags = set(cpuinfo().get("flags", "").split())
+    return any(flag in flags for flag in BF16_DOT_FLAGS)
 
 
 def compiler_options(backend: str | None = None, *, low_precision: bool = False) -> dict[str, Any]:
