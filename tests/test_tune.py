@@ -67,7 +67,8 @@ def test_candidates_are_what_the_kernels_run():
                                                "xla+phases", "xla+colgrad")
     lenet_c1 = geometry((8, 32, 32, 1), (5, 5, 1, 6), (28, 28))
     assert "taps" in candidates(lenet_c1)
-    assert "winograd" not in candidates(geometry()._replace(dtype=jnp.bfloat16))
+    assert "winograd" in candidates(geometry()._replace(dtype=jnp.bfloat16))
+    assert "winograd" not in candidates(geometry()._replace(dtype=jnp.float16))
     grouped = geometry((8, 56, 56, 64), (3, 3, 32, 64))._replace(groups=2)
     assert candidates(grouped, train=True) == ("xla", "im2col", "xla+stored")
     huge = geometry((256, 224, 224, 64), (3, 3, 64, 64), (224, 224))   # 7.4 GB of patches

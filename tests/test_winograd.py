@@ -52,6 +52,77 @@ def test_error_against_float64_is_close_to_xlas():
     assert err_wino < 1e-5 * np.abs(exact).max()
 
 
+def _float64_conv(x, w):
+    """The exact 'same' 3x3 convolution of ``x`` and ``w``'s values, in float64."""
+    x64 = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+    w64 = np.asarray(jnp.asarray(w, jnp.float32), np.float64)
+    h, wd = x64.shape[1:3]
+    xp = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(np.einsum("nhwc,ck->nhwk", xp[:, i:i + h, j:j + wd], w64[i, j])
+               for i in range(3) for j in range(3))
+
+
+def test_bfloat16_is_transformed_in_float32_and_multiplied_as_bfloat16():
+    """bfloat16 accumulating in float32: the 16 products take bfloat16 operands (where the
+    CPU's bfloat16 dot instructions work), the transforms run in float32, and the rounded
+    result is within 1.5 bfloat16 roundings of the largest output and 2x the error of XLA's
+    bfloat16 convolution (which computes in float32 throughout). Transforms in bfloat16
+    arithmetic miss the first bound (7.1e-3 of the largest output here)."""
+    bf16 = jnp.bfloat16
+    x = normal(0, (2, 14, 14, 64)).astype(bf16)
+    w = (normal(1, (3, 3, 64, 64)) / np.sqrt(9 * 64)).astype(bf16)
+    pads = ((1, 1), (1, 1))
+
+    def wino(a, b):
+        return winograd.conv3x3(a, b, pads, (14, 14), preferred_element_type=jnp.float32)
+
+    products = [e for e in jax.make_jaxpr(wino)(x, w).eqns if e.primitive.name == "dot_general"
+                and all(v.aval.dtype == bf16 for v in e.invars)]
+    assert len(products) == 16
+    assert all(e.outvars[0].aval.dtype == jnp.float32 for e in products)
+    exact = _float64_conv(x, w)
+    scale = np.abs(exact).max()
+
+    def error(y):
+        return np.abs(np.asarray(y.astype(bf16).astype(jnp.float32), np.float64) - exact).max()
+
+    err_wino = error(jax.jit(wino)(x, w))
+    err_xla = error(jax.lax.conv_general_dilated(x, w, (1, 1), pads,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                 preferred_element_type=jnp.float32))
+    assert err_wino < 1.5 * 2.0 ** -8 * scale, (err_wino / scale)
+    assert err_wino < 2 * err_xla, (err_wino, err_xla)
+
+
+def test_bfloat16_layer_takes_winograd_under_the_default_policy_with_xlas_gradients():
+    """A bfloat16 ResNet-sized layer in a train step: the default policy runs it as Winograd
+    (forward and input gradient), within bfloat16 tolerance of XLA's values and gradients."""
+    bf16 = jnp.bfloat16
+    x = normal(2, (8, 14, 14, 32)).astype(bf16)
+    w = (normal(3, (3, 3, 32, 32)) / np.sqrt(9 * 32)).astype(bf16)
+    dy = normal(4, (8, 14, 14, 32))
+    policy = zoo.ConvPolicy()
+    g, _ = kernels.conv.geometry(x.shape, w.shape, padding=1, dtype=bf16)
+    assert policy.choose(g, train=True) == "winograd"
+    assert policy.replace(low_precision="native").choose(g, train=True) == "xla+stored"
+
+    def loss(impl):
+        def f(a, b):
+            y = kernels.conv2d(a, b, padding=1, impl=impl, policy=policy, train=True)
+            return jnp.sum(y.astype(jnp.float32) * dy), y
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+    (_, y_auto), grads_auto = loss("auto")(x, w)
+    (_, y_wino), grads_wino = loss("winograd")(x, w)
+    (_, y_xla), grads_xla = loss("xla")(x, w)
+    assert y_auto.dtype == bf16
+    np.testing.assert_array_equal(np.asarray(y_auto, np.float32), np.asarray(y_wino, np.float32))
+    for a, b in [(y_wino, y_xla), *zip(grads_wino, grads_xla)]:
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 2e-2 * np.abs(b).max()
+
+
 def test_rejects_other_kernels():
     with pytest.raises(ValueError, match="3x3 ungrouped kernel"):
         winograd.conv3x3(jnp.zeros((1, 8, 8, 4)), jnp.zeros((5, 5, 4, 4)), ((2, 2), (2, 2)), (8, 8))

@@ -29,6 +29,9 @@ FORCED = ("auto", "xla", "im2col")
 TAPS_MAX_TERMS = 1024
 #: im2col materialises kh*kw copies of the input: no candidate whose buffer exceeds this.
 IM2COL_MAX_BYTES = 1 << 30
+#: Winograd's input dtypes: float32, and bfloat16 (transformed in float32, multiplied as
+#: bfloat16); float16 is unmeasured.
+WINOGRAD_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 class ConvGeometry(NamedTuple):
@@ -193,7 +196,10 @@ class ConvPolicy:
         return "xla+stored" if self.store_input else "xla"
 
     def winograd_fits(self, g: ConvGeometry) -> bool:
-        if not (g.winograd_shape() and jnp.dtype(g.dtype) == jnp.float32):
+        # bfloat16 only accumulating in float32, the type its transforms then run in
+        dtype = jnp.dtype(g.dtype)
+        if not (g.winograd_shape() and dtype in WINOGRAD_DTYPES
+                and (dtype == jnp.float32 or self.accumulation(dtype) is not None)):
             return False
         channels = min(g.x_shape[3], g.w_shape[3])
         tiles = g.x_shape[0] * math.prod(tile_grid(g.out_hw))
@@ -225,7 +231,7 @@ def candidates(g: ConvGeometry, train: bool = False) -> tuple:
             out.append("xla+mmgrad")
     if g.groups == 1 and kh * kw * cin_g * cout <= TAPS_MAX_TERMS:
         out.append("taps")
-    if g.winograd_shape() and jnp.dtype(g.dtype) == jnp.float32:
+    if g.winograd_shape() and jnp.dtype(g.dtype) in WINOGRAD_DTYPES:
         out.append("winograd")
     if train and g.phases_shape():
         out.append("xla+phases")
