@@ -270,6 +270,29 @@ def test_zoo_tune_measures_caches_and_the_trainer_uses_it(tune_cache, capsys, tm
     assert "give no MODEL" in capsys.readouterr().err
 
 
+def test_an_entry_measured_without_a_current_candidate_is_measured_again(tune_cache):
+    """A cache written before an implementation could run a geometry (bfloat16 Winograd,
+    say) is not trusted for it: the next tuning measures that geometry again, not the rest."""
+    quiet = dict(log=lambda m: 0, progress=False)
+    lenet = zoo.create("lenet5")
+    calls = convs_of(lenet, (2, 32, 32, 1))
+    tune(lenet, (2, 32, 32, 1), timings=fake_timings({"im2col": 0.1}), **quiet)
+    file = cache.path()
+    data = json.loads(open(file).read())
+    old = data["entries"][calls[1].key]
+    assert "im2col" in calls[1].candidates() and old["impl"] == "im2col"
+    del old["seconds"]["im2col"]
+    old["impl"] = old["default"]
+    with open(file, "w") as f:
+        json.dump(data, f)
+    report = {}
+    tuned = tune(lenet, (2, 32, 32, 1), timings=fake_timings({"im2col": 0.1}), report=report,
+                 **quiet)
+    assert report["cached"] == 1 and list(report["entries"]) == [calls[1].key]
+    assert set(cache.load()[calls[1].key]["seconds"]) == set(calls[1].candidates())
+    assert dict(tuned.tuned)[calls[1].key] == "im2col"
+
+
 def test_refresh_measures_again_and_keeps_the_rest(tune_cache):
     quiet = dict(log=lambda m: 0, progress=False)
     resnet, lenet = zoo.create("resnet18", num_classes=10), zoo.create("lenet5")

@@ -142,8 +142,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     interleaved rounds each, by the median of the per-round time ratios; a change is kept
     only if it makes the model faster by more than ``margin`` too, the table only if it is
     not slower. ``tries``: implementations tried per geometry in the whole model, fastest
-    alone first. ``use_cache``: skip geometries already measured here (``refresh`` measures
-    them again) and save the verdicts.
+    alone first. ``use_cache``: skip geometries already measured here under every current
+    candidate (``refresh`` measures them again) and save the verdicts.
     ``timings(call, impl) -> seconds`` replaces the measurement (nothing compiled or run;
     deterministic; for tests). ``report``: a dict filled with every figure."""
     shape = tuple(int(d) for d in input_shape)
@@ -156,7 +156,9 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     base = model.policy
     calls = convs_of(model.with_policy(base.replace(tuned=())), shape, train=train, dtype=dtype)
     known = cache.load() if use_cache else {}
-    todo = [c for c in calls if refresh or c.key not in known]
+    # an entry measured before one of today's candidates could run it is measured again
+    todo = [c for c in calls if refresh or c.key not in known
+            or not set(c.candidates()) <= set(known[c.key].get("seconds", {}))]
     mode = "train step" if train else "forward"
     log(f"tune {model.name} {mode}, input {'x'.join(map(str, shape))} "
         f"{jnp.dtype(dtype).name}: {len(calls)} conv geometries, {len(calls) - len(todo)} "
