@@ -10,9 +10,10 @@ from zoo.kernels import winograd
 import zoo
 
 
-def _xla(x, w, pads):
+def _xla(x, w, pads, preferred_element_type=None):
     return jax.lax.conv_general_dilated(x, w, (1, 1), pads,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        preferred_element_type=preferred_element_type)
 
 
 @pytest.mark.parametrize("shape, cout, pads", [
@@ -37,21 +38,6 @@ def test_kernel_transform_is_g_w_gt():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_error_against_float64_is_close_to_xlas():
-    """The transforms add roundings; on a ResNet-sized layer the error stays within 2x of
-    XLA's own float32 convolution's (both against a float64 reference)."""
-    x, w = normal(4, (2, 28, 28, 128)), normal(5, (3, 3, 128, 128)) / np.sqrt(9 * 128)
-    pads = ((1, 1), (1, 1))
-    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    exact = sum(np.einsum("nhwc,ck->nhwk",
-                          np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))[:, i:i + 28, j:j + 28],
-                          w64[i, j]) for i in range(3) for j in range(3))
-    err_xla = np.abs(np.asarray(_xla(x, w, pads), np.float64) - exact).max()
-    err_wino = np.abs(np.asarray(winograd.conv3x3(x, w, pads, (28, 28)), np.float64) - exact).max()
-    assert err_wino < 2 * err_xla, (err_wino, err_xla)
-    assert err_wino < 1e-5 * np.abs(exact).max()
-
-
 def _float64_conv(x, w):
     """The exact 'same' 3x3 convolution of ``x`` and ``w``'s values, in float64."""
     x64 = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
@@ -60,6 +46,18 @@ def _float64_conv(x, w):
     xp = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
     return sum(np.einsum("nhwc,ck->nhwk", xp[:, i:i + h, j:j + wd], w64[i, j])
                for i in range(3) for j in range(3))
+
+
+def test_error_against_float64_is_close_to_xlas():
+    """The transforms add roundings; on a ResNet-sized layer the error stays within 2x of
+    XLA's own float32 convolution's (both against a float64 reference)."""
+    x, w = normal(4, (2, 28, 28, 128)), normal(5, (3, 3, 128, 128)) / np.sqrt(9 * 128)
+    pads = ((1, 1), (1, 1))
+    exact = _float64_conv(x, w)
+    err_xla = np.abs(np.asarray(_xla(x, w, pads), np.float64) - exact).max()
+    err_wino = np.abs(np.asarray(winograd.conv3x3(x, w, pads, (28, 28)), np.float64) - exact).max()
+    assert err_wino < 2 * err_xla, (err_wino, err_xla)
+    assert err_wino < 1e-5 * np.abs(exact).max()
 
 
 def test_bfloat16_is_transformed_in_float32_and_multiplied_as_bfloat16():
@@ -87,9 +85,7 @@ def test_bfloat16_is_transformed_in_float32_and_multiplied_as_bfloat16():
         return np.abs(np.asarray(y.astype(bf16).astype(jnp.float32), np.float64) - exact).max()
 
     err_wino = error(jax.jit(wino)(x, w))
-    err_xla = error(jax.lax.conv_general_dilated(x, w, (1, 1), pads,
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                 preferred_element_type=jnp.float32))
+    err_xla = error(_xla(x, w, pads, preferred_element_type=jnp.float32))
     assert err_wino < 1.5 * 2.0 ** -8 * scale, (err_wino / scale)
     assert err_wino < 2 * err_xla, (err_wino, err_xla)
 
