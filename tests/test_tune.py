@@ -14,7 +14,7 @@ from conftest import normal
 from zoo import bench, machine
 from zoo.kernels import ConvGeometry, ConvPolicy
 from zoo.kernels.policy import candidates
-from zoo.tuning import cache, convs_of, named_policy, tune
+from zoo.tuning import cache, convs_of, named_policy, stale, tune
 
 pytestmark = pytest.mark.xdist_group("tune")
 
@@ -73,6 +73,17 @@ def test_candidates_are_what_the_kernels_run():
     assert candidates(grouped, train=True) == ("xla", "im2col", "xla+stored")
     huge = geometry((256, 224, 224, 64), (3, 3, 64, 64), (224, 224))   # 7.4 GB of patches
     assert "im2col" not in candidates(huge)
+
+
+def test_geometry_key_parses_back():
+    for g, train in [(geometry(), False), (geometry(stride=(2, 2), out=(28, 28)), True),
+                     (geometry()._replace(dtype=jnp.bfloat16, groups=2), True)]:
+        assert ConvGeometry.from_key(g.key(train)) == (g, train)
+    for bad in ["k1", "float32 fast x8x56x56x64 k3x3x64x64 s1x1 d1x1 g1 o56x56",
+                "float32 infer x8x56 k3x3x64x64 s1x1 d1x1 gone o56x56"]:
+        with pytest.raises(ValueError, match="not a conv geometry key"):
+            ConvGeometry.from_key(bad)
+    assert stale("k1", dict(seconds={}))
 
 
 def test_cache_round_trip_and_machine_key(tune_cache):
@@ -272,7 +283,8 @@ def test_zoo_tune_measures_caches_and_the_trainer_uses_it(tune_cache, capsys, tm
 
 def test_an_entry_measured_without_a_current_candidate_is_measured_again(tune_cache):
     """A cache written before an implementation could run a geometry (bfloat16 Winograd,
-    say) is not trusted for it: the next tuning measures that geometry again, not the rest."""
+    say) is not trusted for it: the tuned policy leaves it to the rules, and the next tuning
+    measures that geometry again, not the rest."""
     quiet = dict(log=lambda m: 0, progress=False)
     lenet = zoo.create("lenet5")
     calls = convs_of(lenet, (2, 32, 32, 1))
@@ -285,6 +297,9 @@ def test_an_entry_measured_without_a_current_candidate_is_measured_again(tune_ca
     old["impl"] = old["default"]
     with open(file, "w") as f:
         json.dump(data, f)
+    assert stale(calls[1].key, old) and not stale(calls[0].key, data["entries"][calls[0].key])
+    until_tuned = dict(zoo.tuned_policy().tuned)          # the rules decide the stale one
+    assert calls[1].key not in until_tuned and calls[0].key in until_tuned
     report = {}
     tuned = tune(lenet, (2, 32, 32, 1), timings=fake_timings({"im2col": 0.1}), report=report,
                  **quiet)

@@ -57,6 +57,21 @@ class ConvGeometry(NamedTuple):
                 f"x{dims(self.x_shape)} k{dims(self.w_shape)} s{dims(self.stride)} "
                 f"d{dims(self.dilation)} g{self.groups} o{dims(self.out_hw)}")
 
+    @classmethod
+    def from_key(cls, key: str) -> tuple["ConvGeometry", bool]:
+        """``(geometry, train)`` back from :meth:`key`; ValueError names a malformed key."""
+        try:
+            dtype, mode, x, k, s, d, g, o = key.split(" ")
+            fields = dict(zip("xksdgo", (x, k, s, d, g, o)))
+            if mode not in ("train", "infer") or any(v[0] != c for c, v in fields.items()):
+                raise ValueError
+            dims = {c: tuple(int(n) for n in v[1:].split("x")) for c, v in fields.items()}
+            return cls(dims["x"], dims["k"], dims["s"], dims["d"], int(g[1:]), dims["o"],
+                       jnp.dtype(dtype)), mode == "train"
+        except (ValueError, TypeError):
+            raise ValueError(f"not a conv geometry key: {key!r} (expected e.g. 'float32 infer "
+                             f"x8x56x56x64 k3x3x64x64 s1x1 d1x1 g1 o56x56')") from None
+
     def phases_shape(self) -> bool:
         """Whether the input gradient splits into stride-1 phases: strided, undilated,
         ungrouped."""

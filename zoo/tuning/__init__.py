@@ -16,7 +16,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from ..kernels.policy import ConvPolicy
+from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 from . import cache
 from .measure import (ConvCall, convs_of, conv_program, interleaved, model_program,
                       paired_ratio, summarise)
@@ -29,15 +29,30 @@ MODEL_TRIES = 2
 
 POLICIES = ("tuned", "default", "xla")
 
-__all__ = ["POLICIES", "ConvCall", "coverage", "convs_of", "named_policy", "tune",
+__all__ = ["POLICIES", "ConvCall", "coverage", "convs_of", "named_policy", "stale", "tune",
            "tuned_policy"]
 
 
+def stale(key: str, entry: dict) -> bool:
+    """Whether a cached verdict was measured before one of today's implementations could run
+    its geometry (bfloat16 Winograd, say): the rules decide it until ``zoo tune`` measures
+    it again. 'xla' is always measured (under the rules' name where that is a custom conv
+    with XLA's forward), and the two input-gradient forms are left out for the image's conv,
+    so they are not asked for. A key that names no geometry is stale too: nothing looks it up."""
+    try:
+        g, train = ConvGeometry.from_key(key)
+    except ValueError:
+        return True
+    needed = set(candidates(g, train)) - {"xla", "xla+phases", "xla+colgrad"}
+    return not needed <= set(entry.get("seconds", {}))
+
+
 def tuned_policy(base: ConvPolicy | None = None) -> ConvPolicy:
-    """``base`` (default ``ConvPolicy()``) with every choice measured on this machine."""
+    """``base`` (default ``ConvPolicy()``) with every choice measured on this machine (but
+    the :func:`stale` ones)."""
     base = base or ConvPolicy()
     table = dict(base.tuned)
-    table.update({k: e["impl"] for k, e in cache.load().items()})
+    table.update({k: e["impl"] for k, e in cache.load().items() if not stale(k, e)})
     return base.replace(tuned=tuple(table.items()))
 
 
@@ -156,9 +171,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     base = model.policy
     calls = convs_of(model.with_policy(base.replace(tuned=())), shape, train=train, dtype=dtype)
     known = cache.load() if use_cache else {}
-    # an entry measured before one of today's candidates could run it is measured again
-    todo = [c for c in calls if refresh or c.key not in known
-            or not set(c.candidates()) <= set(known[c.key].get("seconds", {}))]
+    todo = [c for c in calls if refresh or c.key not in known or stale(c.key, known[c.key])]
     mode = "train step" if train else "forward"
     log(f"tune {model.name} {mode}, input {'x'.join(map(str, shape))} "
         f"{jnp.dtype(dtype).name}: {len(calls)} conv geometries, {len(calls) - len(todo)} "
@@ -184,7 +197,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     if progress and todo:
         _progress(len(todo), len(todo), "measured")
     table = dict(base.tuned)
-    table.update({k: e["impl"] for k, e in known.items() if k not in entries})
+    table.update({k: e["impl"] for k, e in known.items() if k not in entries and not stale(k, e)})
     table.update({k: e["impl"] for k, e in entries.items()})
     new = [c for c in calls if c.key in entries and entries[c.key]["impl"] != c.default_impl()]
     check = None
