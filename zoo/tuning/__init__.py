@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 from . import cache
-from .measure import (ConvCall, convs_of, conv_program, interleaved, model_program,
-                      paired_ratio, summarise)
+from .measure import (INPUT_GRAD_FORMS, ConvCall, convs_of, conv_program, interleaved,
+                      model_program, paired_ratio, summarise)
 
 #: interleaved rounds of a whole-model comparison at least (one conv moves a step by little)
 MODEL_ROUNDS = 7
@@ -43,7 +43,7 @@ def stale(key: str, entry: dict) -> bool:
         g, train = ConvGeometry.from_key(key)
     except ValueError:
         return True
-    needed = set(candidates(g, train)) - {"xla", "xla+phases", "xla+colgrad"}
+    needed = set(candidates(g, train)) - {"xla", *INPUT_GRAD_FORMS}
     return not needed <= set(entry.get("seconds", {}))
 
 

@@ -15,6 +15,11 @@ from ..kernels.conv import CUSTOM_CONVS
 from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 
 
+#: Implementations that differ from XLA's convolution only in the input gradient: not
+#: candidates for a conv whose input gradient no one needs (the image's).
+INPUT_GRAD_FORMS = ("xla+phases", "xla+colgrad")
+
+
 class ConvCall(NamedTuple):
     """One distinct convolution of a traced model: its geometry, its :func:`conv2d`
     arguments, the mode, whether its input gradient is needed, the policy it ran under, and
@@ -43,8 +48,7 @@ class ConvCall(NamedTuple):
         default = self.default_impl()
         if not self.train and default in CUSTOM_CONVS and CUSTOM_CONVS[default].forward == "xla":
             out = tuple(default if i == "xla" else i for i in out)
-        return out if self.needs_dx else tuple(i for i in out
-                                               if i not in ("xla+phases", "xla+colgrad"))
+        return out if self.needs_dx else tuple(i for i in out if i not in INPUT_GRAD_FORMS)
 
 
 def traced_convs(model, input_shape, *, train: bool = False, dtype=jnp.float32) -> nn.Recorder:
