@@ -1,9 +1,10 @@
 """FC -> CONV conversion, dense score maps, shift-and-stitch, pictures (zoo.fully_conv).
 
 Cheap by design: exact numerics on LeNet-5 and small nets built from zoo.nn; every
-registered model converted at its native size from shapes only (no weights), and its
-converted head checked numerically on a reduced input; one end-to-end check per family.
+registered model converted at its native size from shapes only (no weights), one model
+per kind of head checked numerically on a reduced input; one end-to-end check per family.
 """
+import functools
 import os
 
 import jax
@@ -256,6 +257,23 @@ def test_native_size_conversion_from_shapes(name):
         assert uneven in ((6, 6), (7, 7))
     assert not any(layer.kind in ("dense", "flatten", "global_avgpool", "adaptive_avgpool")
                    for _, layer, _ in nn.main_path(fcn.network))
+    # its head is one whose conversion test_converted_head_equals_original_head checks
+    assert head_signature(model, fcn) in {head_signature(*_native_fcn(h)) for h in HEADS}
+
+
+def head_signature(model, fcn):
+    """What the head conversion depends on: the head's layer kinds and the extent of the map
+    it takes (its width is any)."""
+    trunk, head = nn.split(model.network, fcn.trunk_size)
+    size, c = model.input_shape[0], model.input_shape[2]
+    return (tuple(layer.kind for _, layer, _ in nn.main_path(head)),
+            _feature_shape(trunk, size, c)[1:3])
+
+
+@functools.cache
+def _native_fcn(name):
+    model = zoo.create(name, num_classes=7)
+    return model, abstract_convert(model, model.input_shape[0])[0]
 
 
 #: reduced inputs where the final map is larger than 1x1, so the conv windows are exercised
@@ -263,7 +281,13 @@ HEAD_SIZE = {"lenet5": 32, "lenet5_1998": 32, "alexnet": 96, "alexnet_2012": 99,
              "googlenet_2014": 256}
 
 
-@pytest.mark.parametrize("name", ALL)
+#: one model per head (layer kinds and the map extent at the native size); every other
+#: model's head is one of these (test_native_size_conversion_from_shapes)
+HEADS = ["lenet5", "lenet5_1998", "alexnet", "alexnet_2012", "vgg11", "googlenet",
+         "googlenet_2014", "resnet18"]
+
+
+@pytest.mark.parametrize("name", HEADS)
 def test_converted_head_equals_original_head(name):
     """The trunk is shared as is (the same Layer objects), so the 1x1 equality reduces to
     the head: original head vs converted head on the same random features."""
