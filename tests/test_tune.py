@@ -15,6 +15,7 @@ from zoo import bench, machine
 from zoo.kernels import ConvGeometry, ConvPolicy
 from zoo.kernels.policy import candidates
 from zoo.tuning import cache, convs_of, named_policy, stale, tune
+from zoo.tuning.measure import INPUT_GRAD_FORMS
 
 pytestmark = pytest.mark.xdist_group("tune")
 
@@ -306,6 +307,39 @@ def test_an_entry_measured_without_a_current_candidate_is_measured_again(tune_ca
     assert report["cached"] == 1 and list(report["entries"]) == [calls[1].key]
     assert set(cache.load()[calls[1].key]["seconds"]) == set(calls[1].candidates())
     assert dict(tuned.tuned)[calls[1].key] == "im2col"
+
+
+def test_a_verdict_without_the_input_gradient_does_not_hold_for_a_conv_that_has_one(tune_cache):
+    """The image's conv is timed without an input gradient and without the two forms that
+    only change it; the same geometry where the input gradient runs is measured again."""
+    quiet = dict(log=lambda m: 0, progress=False)
+    resnet = zoo.create("resnet18", num_classes=10)
+    calls = convs_of(resnet, (2, 32, 32, 3), train=True)
+    tune(resnet, (2, 32, 32, 3), train=True, timings=fake_timings({}), **quiet)
+    entries = cache.load()
+    stem, strided = calls[0], next(c for c in calls[1:] if "xla+phases" in c.candidates())
+    stem_entry = entries[stem.key]
+    assert stem_entry["needs_dx"] is False and not set(INPUT_GRAD_FORMS) & set(stem_entry["seconds"])
+    assert not stale(stem.key, stem_entry) and stale(stem.key, stem_entry, needs_dx=True)
+    entry = entries[strided.key]
+    assert entry["needs_dx"] is True and set(INPUT_GRAD_FORMS) <= set(entry["seconds"])
+    assert not stale(strided.key, entry, needs_dx=True)
+    without_phases = dict(entry, seconds={k: v for k, v in entry["seconds"].items()
+                                          if k != "xla+phases"})
+    assert stale(strided.key, without_phases)       # it timed the input gradient
+    before_the_field = {k: v for k, v in without_phases.items() if k != "needs_dx"}
+    assert stale(strided.key, before_the_field)     # it holds xla+colgrad: timed with it
+    image_only = dict(entry, needs_dx=False, seconds={k: v for k, v in entry["seconds"].items()
+                                                      if k not in INPUT_GRAD_FORMS})
+    assert not stale(strided.key, image_only)       # the tuned policy still uses it ...
+    file = cache.path()
+    data = json.loads(open(file).read())
+    data["entries"][strided.key] = image_only
+    with open(file, "w") as f:
+        json.dump(data, f)
+    report = {}
+    tune(resnet, (2, 32, 32, 3), train=True, timings=fake_timings({}), report=report, **quiet)
+    assert list(report["entries"]) == [strided.key]  # ... but this model's conv needs dx
 
 
 def test_refresh_measures_again_and_keeps_the_rest(tune_cache):

@@ -33,18 +33,25 @@ __all__ = ["POLICIES", "ConvCall", "coverage", "convs_of", "named_policy", "stal
            "tuned_policy"]
 
 
-def stale(key: str, entry: dict) -> bool:
+def stale(key: str, entry: dict, needs_dx: bool | None = None) -> bool:
     """Whether a cached verdict was measured before one of today's implementations could run
     its geometry (bfloat16 Winograd, say): the rules decide it until ``zoo tune`` measures
     it again. 'xla' is always measured (under the rules' name where that is a custom conv
-    with XLA's forward), and the two input-gradient forms are left out for the image's conv,
-    so they are not asked for. A key that names no geometry is stale too: nothing looks it up."""
+    with XLA's forward). The two input-gradient forms are asked for where the verdict timed
+    the input gradient (``needs_dx`` in the entry; before it was recorded: where it holds
+    either form), or where the caller's conv ``needs_dx`` (a verdict for the image's conv,
+    which has no input gradient, does not hold for a conv that has one). A key that names
+    no geometry is stale too: nothing looks it up."""
     try:
         g, train = ConvGeometry.from_key(key)
     except ValueError:
         return True
-    needed = set(candidates(g, train)) - {"xla", *INPUT_GRAD_FORMS}
-    return not needed <= set(entry.get("seconds", {}))
+    seconds = set(entry.get("seconds", {}))
+    timed_dx = entry.get("needs_dx", bool(seconds & set(INPUT_GRAD_FORMS)))
+    needed = set(candidates(g, train)) - {"xla"}
+    if not (timed_dx or needs_dx):
+        needed -= set(INPUT_GRAD_FORMS)
+    return not needed <= seconds
 
 
 def tuned_policy(base: ConvPolicy | None = None) -> ConvPolicy:
@@ -171,7 +178,8 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
     base = model.policy
     calls = convs_of(model.with_policy(base.replace(tuned=())), shape, train=train, dtype=dtype)
     known = cache.load() if use_cache else {}
-    todo = [c for c in calls if refresh or c.key not in known or stale(c.key, known[c.key])]
+    todo = [c for c in calls
+            if refresh or c.key not in known or stale(c.key, known[c.key], c.needs_dx)]
     mode = "train step" if train else "forward"
     log(f"tune {model.name} {mode}, input {'x'.join(map(str, shape))} "
         f"{jnp.dtype(dtype).name}: {len(calls)} conv geometries, {len(calls) - len(todo)} "
@@ -192,7 +200,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
             spread = {impl: s[1:] for impl, s in stats.items()}
         winner = _choose(call, seconds, margin)
         entries[call.key] = dict(impl=winner, default=call.default_impl(), where=call.where,
-                                 seconds=seconds, spread=spread,
+                                 needs_dx=call.needs_dx, seconds=seconds, spread=spread,
                                  rounds=0 if timings else rounds, measured=when)
     if progress and todo:
         _progress(len(todo), len(todo), "measured")
