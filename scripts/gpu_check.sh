@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the speed issue (issue 6, section 4), for a machine with an NVIDIA GPU:
+# The GPU check, for a machine with an NVIDIA GPU:
 #   1. make sure jax sees the GPU (installs jax[cuda12] from pip if it does not; offline,
 #      point WHEELS=DIR at a folder of wheels);
 #   2. run the tests that touch devices (conv implementations, the benchmark smoke run,

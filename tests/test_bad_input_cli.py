@@ -2,7 +2,7 @@
 file or value, and never a traceback; contradicting flags are errors (or one ``warning:``
 line when ignoring them is harmless); ``--distributed`` gives up after its timeout.
 
-Case ids carry the issue's class: c8 (the CLI's error path), c9 (contradicting or
+Case ids name the kind of failure: c8 (the CLI's error path), c9 (contradicting or
 meaningless flags), c10 (waiting forever). Almost every case fails before any data is
 read or anything compiles; one finished 1-epoch run is shared by the resume cases."""
 import contextlib

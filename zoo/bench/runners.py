@@ -115,7 +115,7 @@ def jax_runner(model, mode: str, batch: int, size: int, dtype: str = "float32", 
 def compile_seconds(model, mode: str, batch: int, size: int, dtype: str = "float32", *,
                     optimizer: str = "sgd") -> tuple[float, float]:
     """``(trace+lower seconds, compile seconds)`` of the train step or inference call,
-    nothing run (section 3 of the speed issue: deep ResNets compile slowly)."""
+    nothing run (deep ResNets compile slowly: this says how slowly)."""
     dt = DTYPES[dtype]
     shape = (batch, size, size, model.input_shape[-1])
     abstract, _ = model.abstract_init(shape)
