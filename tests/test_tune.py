@@ -280,6 +280,36 @@ def test_zoo_tune_measures_caches_and_the_trainer_uses_it(tune_cache, capsys, tm
         capsys.readouterr().out
     assert main(["tune", "lenet5", "--show"]) == 2
     assert "give no MODEL" in capsys.readouterr().err
+    assert main(["tune", "--targets", "lenet5:infer:32:2", "--train"]) == 2
+    assert "--targets name their own model, mode, size and batch: give --train or --targets" \
+        in capsys.readouterr().err
+    assert main(["tune", "--targets", "lenet5:eval:32:2"]) == 2
+    assert "bad mode in 'lenet5:eval:32:2'" in capsys.readouterr().err
+    assert len(cache.load()) == 2                      # nothing measured by a refused command
+
+
+def test_tune_targets_measures_what_the_benchmark_times(tune_cache):
+    """Each benchmark target in its own mode, shape, class count and dtype, one pass; what
+    is cached is kept; ``--tune`` in the benchmark is refused where nothing would use it."""
+    targets = ["lenet5:infer:32:2", "resnet18:train:32:2:classes=10"]
+    first = bench.tune_targets(targets, timings=fake_timings({"im2col": 0.1}), progress=False,
+                               log=lambda m: 0)
+    lenet = convs_of(zoo.create("lenet5"), (2, 32, 32, 1))
+    resnet = convs_of(zoo.create("resnet18", num_classes=10), (2, 32, 32, 3), train=True)
+    assert first == {"lenet5 infer 32px b2 float32": (2, 2),
+                     "resnet18 train 32px b2 float32 10cls sgd": (11, 11)}
+    assert set(cache.load()) == {c.key for c in lenet + resnet}
+    report = {}
+    again = bench.tune_targets(targets[:1], dtype="bfloat16", timings=fake_timings({}),
+                               progress=False, log=lambda m: 0, report=report)
+    assert again == {"lenet5 infer 32px b2 bfloat16": (2, 2)}
+    assert all(k.startswith("bfloat16 infer") for k in report["entries"])
+    assert len(cache.load()) == 15
+    with pytest.raises(ValueError, match="--tune measures for --policy tuned, and this run "
+                                         "times --policy default only"):
+        bench.Options(tune=True, policy=["default"]).validate()
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        bench.tune_targets(["vgg:infer:224:8"])
 
 
 def test_an_entry_measured_without_a_current_candidate_is_measured_again(tune_cache):

@@ -7,7 +7,8 @@ side by side in one process (``zoo benchmark``).
 - :mod:`.dense_eval`: a fully-convolutional net against the crops it stands for;
 - :mod:`.compile`: train-step compile time, scanned and unrolled;
 - :mod:`.pipeline`: zoo's streaming loader against torch's DataLoader on an image folder;
-- :mod:`.suite`: a whole run (:func:`run` with :class:`Options`).
+- :mod:`.suite`: a whole run (:func:`run` with :class:`Options`); :func:`tune_targets`
+  measures the targets' convolutions for ``--policy tuned`` first.
 
 Timing: medians of at least 5 timed repetitions after warm-up, each ending in
 ``block_until_ready``, the runners compared interleaved round by round (the machines are
@@ -19,7 +20,7 @@ from .dense_eval import HEAD_VARIANTS, benchmark_dense_eval, format_benchmark
 from .levers import LEVER_VARIANTS, conv_choices, lever_variants
 from .pipeline import run_input_pipeline
 from .runners import compile_seconds, has_scanned_runs, jax_runner, torch_model, torch_runner
-from .suite import DEFAULT_TARGETS, Options, parse_target, run, target_name
+from .suite import DEFAULT_TARGETS, Options, parse_target, run, target_name, tune_targets
 from .timing import Runner, interleaved, machine, matmul_peak, stats, time_calls
 
 __all__ = ["DEFAULT_TARGETS", "HEAD_VARIANTS", "LEVER_VARIANTS", "Options", "Runner",
@@ -27,4 +28,4 @@ __all__ = ["DEFAULT_TARGETS", "HEAD_VARIANTS", "LEVER_VARIANTS", "Options", "Run
            "has_scanned_runs", "interleaved", "jax_runner", "lever_variants", "machine",
            "matmul_peak", "parse_target", "run", "run_compile_report", "run_input_pipeline",
            "scan_step_times", "stats", "target_name", "time_calls", "torch_model",
-           "torch_runner"]
+           "torch_runner", "tune_targets"]

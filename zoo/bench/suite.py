@@ -18,7 +18,7 @@ from .. import registry
 from ..kernels import ConvPolicy
 from ..summary import summary
 from ..train import DTYPES
-from ..tuning import POLICIES, named_policy
+from ..tuning import POLICIES, coverage, named_policy, tune
 from .dense_eval import benchmark_dense_eval
 from .compile import run_compile_report
 from .levers import conv_choices, lever_variants, same_program
@@ -69,6 +69,7 @@ class Options:
     pipeline_batches: int = 20         # batches per loader per round
     pipeline_batch_size: int = 32
     pipeline_train: str | None = None  # a model: its train step fed from the folder vs bare
+    tune: bool = False                 # zoo tune each target first (what is cached is kept)
     json: str | None = None
 
     def validate(self) -> "Options":
@@ -145,6 +146,12 @@ class Options:
                              "this run has none")
         if self.peak_size is not None and self.no_peak:
             raise ValueError("--peak-size contradicts --no-peak: give one of them")
+        if self.tune and "tuned" not in self.policy:
+            raise ValueError(f"--tune measures for --policy tuned, and this run times "
+                             f"--policy {' '.join(self.policy)} only")
+        if self.tune and not targets:
+            raise ValueError("--tune measures the convolutions of --targets or --models, and "
+                             "this run has none")
 
 
 def _flag(name: str) -> str:
@@ -211,10 +218,36 @@ def targets_from(args) -> list[dict]:
     return out
 
 
+def _target_model(t: dict, policy: ConvPolicy | None = None):
+    return registry.create(t["model"], conv_policy=policy or ConvPolicy(),
+                           **({"num_classes": t["classes"]} if t["classes"] else {}))
+
+
+def tune_targets(targets, *, dtype: str = "float32", log: Callable = print, **tune_args) -> dict:
+    """:func:`zoo.tune` for each benchmark target (``MODEL:MODE:SIZE:BATCH[:...]`` strings or
+    :func:`parse_target` dicts; None: :data:`DEFAULT_TARGETS`), in its mode, shape and
+    dtype: what ``--policy tuned`` then times. Geometries already cached for this machine
+    are not measured again (``refresh=True`` measures them). ``tune_args`` go to
+    :func:`zoo.tune`. Returns ``{target name: (geometries measured, distinct geometries)}``."""
+    specs = DEFAULT_TARGETS if targets is None else targets
+    parsed = [parse_target(t, dtype) if isinstance(t, str) else t for t in specs]
+    for t in parsed:
+        _check_model(t["model"], f"target {target_name(t)!r}")
+    out = {}
+    for i, t in enumerate(parsed):
+        name = target_name(t)
+        log(f"\n== tune {i + 1}/{len(parsed)}: {name}")
+        model = _target_model(t)
+        shape = (t["batch"], t["size"], t["size"], model.input_shape[-1])
+        train, dtype = t["mode"] == "train", DTYPES[t["dtype"]]
+        policy = tune(model, shape, train=train, dtype=dtype, log=log, **tune_args)
+        out[name] = coverage(model.with_policy(policy), shape, train=train, dtype=dtype)
+    return out
+
+
 def run_target(t: dict, args, peaks: dict, log) -> dict:
     name = target_name(t)
-    model = registry.create(t["model"], conv_policy=ConvPolicy(impl=args.conv_impl),
-                       **({"num_classes": t["classes"]} if t["classes"] else {}))
+    model = _target_model(t, ConvPolicy(impl=args.conv_impl))
     c = model.input_shape[-1]
     ncls = model.num_classes
     shape = (t["batch"], t["size"], t["size"], c)
@@ -315,6 +348,9 @@ def run(args: Options | None = None, log: Callable = print) -> dict:
         f"jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {results['machine'].get('torch', 'absent')}; compiled by "
         f"{'zoo.jit' if args.jit == 'zoo' else 'jax.jit'}, XLA_FLAGS={results['xla_flags']!r}")
+    if args.tune:
+        results["tuned"] = tune_targets(targets, log=log)
+        save(results, args.json)
     n = args.peak_size or (2048 if jax.default_backend() == "cpu" else 8192)
     if not args.no_peak and (targets or not args.input_pipeline):
         for dtype in sorted({t["dtype"] for t in targets} | {"float32", "bfloat16"}):

@@ -9,6 +9,7 @@ round by round (:func:`zoo.bench.run`; docs/benchmarks.md).
     zoo benchmark --targets --compile-report resnet18 resnet50 resnet152
     zoo benchmark --input-pipeline photos/ --workers 2 --reps 5
     zoo benchmark --jit jax             # the runners under a user's plain jax.jit
+    zoo benchmark --tune --compare-torch --policy tuned default   # on a new machine
 
 A target is ``MODEL:MODE:SIZE:BATCH`` plus optional ``:classes=N``, ``:opt=adam|sgd``.
 Numbers are facts of one shared machine at one time: compare the ratios within a run.
@@ -85,6 +86,9 @@ def add_arguments(p, name: str) -> None:
                    help="with --input-pipeline: also time MODEL's train step fed by the "
                         "streaming loader from FOLDER against the bare step, --reps rounds "
                         "interleaved (is training input-bound?)")
+    p.add_argument("--tune", action="store_true",
+                   help="first measure each target's convolutions on this machine (zoo tune; "
+                        "what is cached is kept), for --policy tuned")
     p.add_argument("--json", metavar="FILE", type=output_file, help="write every figure to FILE")
 
 

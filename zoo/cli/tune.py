@@ -5,6 +5,8 @@ machine (:func:`zoo.tune`) and cache the verdicts; ``zoo train``, ``zoo evaluate
     zoo tune resnet50 --batch-size 8                      # inference at the model's size
     zoo tune resnet18 --train --batch-size 32 --image-size 32 --num-classes 10
     zoo tune vgg16 --dtype bfloat16 --batch-size 8
+    zoo tune --targets                                    # every target zoo benchmark times
+    zoo tune --targets resnet50:infer:224:8 lenet5:train:32:128:opt=adam
     zoo tune --show                                       # what is cached for this machine
 
 Exit codes: 0 done, 2 bad arguments."""
@@ -16,9 +18,13 @@ from .args import at_least
 
 def add_arguments(p, name: str) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?", help="model name (zoo list)")
+    p.add_argument("--targets", nargs="*", metavar="TARGET",
+                   help="instead of MODEL: benchmark targets, MODEL:MODE:SIZE:BATCH[:classes=N]"
+                        "[:opt=adam] as zoo benchmark takes them, each in its mode and shape "
+                        "(none given: the benchmark's tracked list)")
     p.add_argument("--train", action="store_true",
                    help="measure the train step's forward and gradients (default: inference)")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="default 8")
+    p.add_argument("--batch-size", type=at_least(1), help="default 8")
     p.add_argument("--image-size", type=at_least(1),
                    help="square input side (default: the model's own input size)")
     p.add_argument("--num-classes", type=at_least(1), help="default: the model's")
@@ -50,13 +56,31 @@ def _show() -> int:
 
 def run(args) -> int:
     if args.show:
-        if args.model:
-            raise ValueError("--show lists the whole cache: give no MODEL with it")
+        if args.model or args.targets is not None:
+            raise ValueError("--show lists the whole cache: give no MODEL or --targets with it")
         return _show()
-    if not args.model:
-        raise ValueError("give a MODEL to tune (zoo list), or --show")
     if not 0 <= args.margin < 1:
         raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
+    how = dict(rounds=args.rounds, margin=args.margin, verify=not args.no_verify,
+               refresh=args.refresh)
+    if args.targets is not None:
+        shaping = [flag for flag, given in (("MODEL", args.model), ("--train", args.train),
+                                            ("--batch-size", args.batch_size is not None),
+                                            ("--image-size", args.image_size is not None),
+                                            ("--num-classes", args.num_classes is not None))
+                   if given]
+        if shaping:
+            raise ValueError(f"--targets name their own model, mode, size and batch: give "
+                             f"{', '.join(shaping)} or --targets, not both")
+        from ..bench import tune_targets
+        tuned = tune_targets(args.targets or None, dtype=args.dtype, **how)
+        print()
+        for target, (measured, total) in tuned.items():
+            print(f"{target}: {measured} of {total} conv geometries measured on this machine")
+        print("--policy tuned (the default of zoo train, evaluate and benchmark) uses them")
+        return 0
+    if not args.model:
+        raise ValueError("give a MODEL to tune (zoo list), --targets, or --show")
     import jax.numpy as jnp
 
     from ..tuning import tune
@@ -65,9 +89,8 @@ def run(args) -> int:
     h, w, c = model.input_shape
     if args.image_size is not None:
         h = w = args.image_size
-    policy = tune(model, (args.batch_size, h, w, c), train=args.train,
-                  dtype=jnp.dtype(args.dtype), rounds=args.rounds, margin=args.margin,
-                  verify=not args.no_verify, refresh=args.refresh)
+    policy = tune(model, (args.batch_size or 8, h, w, c), train=args.train,
+                  dtype=jnp.dtype(args.dtype), **how)
     print(f"{model.name}: {len(policy.tuned)} measured conv choices cached for this machine; "
           f"--policy tuned (the default of zoo train, evaluate and benchmark) uses them")
     return 0
