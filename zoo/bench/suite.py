@@ -239,9 +239,9 @@ def tune_targets(targets, *, dtype: str = "float32", log: Callable = print, **tu
         log(f"\n== tune {i + 1}/{len(parsed)}: {name}")
         model = _target_model(t)
         shape = (t["batch"], t["size"], t["size"], model.input_shape[-1])
-        train, dtype = t["mode"] == "train", DTYPES[t["dtype"]]
-        policy = tune(model, shape, train=train, dtype=dtype, log=log, **tune_args)
-        out[name] = coverage(model.with_policy(policy), shape, train=train, dtype=dtype)
+        train, dt = t["mode"] == "train", DTYPES[t["dtype"]]
+        policy = tune(model, shape, train=train, dtype=dt, log=log, **tune_args)
+        out[name] = coverage(model.with_policy(policy), shape, train=train, dtype=dt)
     return out
 
 
