@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import kernels
 from ..train import DTYPES
-from ..tuning.measure import traced_convs
+from ..tuning.measure import convs_of, traced_convs
 
 
 def conv_choices(model, input_shape, *, dtype: str = "float32", train: bool = False) -> list[tuple]:
@@ -25,6 +25,7 @@ LEVER_VARIANTS = {
     "no_input_grad": ({"input_grad": "autodiff"}, ("train",)),
     "no_store_input": ({"store_input": False}, ("train",)),
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
+    "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),  # XLA's weight gradients
     "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }
 
@@ -55,6 +56,12 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
                 continue
         elif name == "no_input_grad":
             if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
+                continue
+        elif name == "no_native_grad":
+            calls = convs_of(model, input_shape, train=True, dtype=DTYPES[dtype])
+            if not any(c.native_grad and c.policy.choose(c.geometry, True) in custom
+                       and custom[c.policy.choose(c.geometry, True)].weight_grad == "xla"
+                       for c in calls):
                 continue
         elif same_program(conv_choices(variant, input_shape, dtype=dtype, train=train),
                           mode) == base:

@@ -11,6 +11,9 @@ traced layer. All of them give XLA's values and gradients within float tolerance
   weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``,
   ``'xla+phases'`` (a strided conv's input gradient without the zeros of the dilated ``dy``),
   ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im).
+
+Where the policy asks (``native_grad_min_map``: big float32 maps), the custom convs whose
+weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import winograd
+from . import native, winograd
 from .geometry import pair, padding_pairs, spatial_out
 from .policy import IMPLS, ConvGeometry, ConvPolicy, winograd_computes
 from .pool_bn import stored
@@ -214,7 +217,7 @@ class CustomConv(NamedTuple):
     input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
                        # 'phases' (stride**2 stride-1 convs), 'cols' (dy @ W^T, col2im),
                        # 'autodiff'
-    weight_grad: str   # 'matmul' or 'xla'
+    weight_grad: str   # 'matmul', 'native' (zoo.kernels.native) or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
     store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
 
@@ -249,6 +252,8 @@ def _custom_bwd(meta: CustomConv, res, dy):
     if meta.weight_grad == "matmul":
         dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, meta.out_hw,
                                  meta.chunk_bytes)
+    elif meta.weight_grad == "native":
+        dw = native.weight_grad(x, dy, w.shape[:2], geom.stride, geom.pads)
     else:
         dw = jax.vjp(lambda w_: xla_conv(x, w_, geom), w)[1](dy)[0]
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -345,7 +350,12 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         if grad is None:
             grad = "conv" if policy.input_grad == "conv" or policy.loop_body else "autodiff"
         store = policy.store_input if recipe.store_input is None else recipe.store_input
+        wgrad = recipe.weight_grad
+        if wgrad == "xla" and policy.native_grad(g):
+            if native.available():
+                wgrad = "native"
+            else:
+                native.warn_unavailable()
         y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), recipe.forward, grad,
-                                          recipe.weight_grad, int(policy.chunk_bytes),
-                                          bool(store)))
+                                          wgrad, int(policy.chunk_bytes), bool(store)))
     return y.astype(x.dtype)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .native import DTYPES as NATIVE_DTYPES
 from .winograd import tile_grid
 
 #: What :meth:`ConvPolicy.choose` may answer; every one gives XLA's values and gradients
@@ -113,6 +114,10 @@ class ConvPolicy:
     mmgrad_min_map: int = 144
     #: bytes of the im2col buffer per step of the matmul weight gradient.
     chunk_bytes: int = 16 << 20
+    #: custom convs (float32, ungrouped, undilated) with output maps of at least this many
+    #: pixels take their weight gradient from zoo's compiled kernel (zoo.kernels.native)
+    #: instead of XLA's; 0: never.
+    native_grad_min_map: int = 400
     #: other convs keep their input as a stored buffer for XLA's weight gradient ('xla+stored').
     store_input: bool = True
     #: Winograd F(2x2, 3x3) where a (max output pixels, min channels in and out) pair admits.
@@ -150,7 +155,7 @@ class ConvPolicy:
                                  f"must be one of {IMPLS}")
         object.__setattr__(self, "tuned", tuple(sorted(table)))
         for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
-                     "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
+                     "native_grad_min_map", "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ConvPolicy.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -221,6 +226,13 @@ class ConvPolicy:
         return (g.pixels >= self.winograd_min_map and tiles >= self.winograd_min_tiles
                 and any(g.pixels <= max_map and channels >= min_channels
                         for max_map, min_channels in self.winograd))
+
+    def native_grad(self, g: ConvGeometry) -> bool:
+        """Whether a custom conv of ``g`` asks for the compiled weight gradient (whether it
+        runs here is :func:`zoo.kernels.native.available`)."""
+        return (bool(self.native_grad_min_map) and g.pixels >= self.native_grad_min_map
+                and self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
+                and jnp.dtype(g.dtype) in NATIVE_DTYPES)
 
     def accumulation(self, dtype):
         """``preferred_element_type`` for a conv or matmul on ``dtype`` inputs: float32 for

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import kernels, nn
+from ..kernels import native
 from ..kernels.conv import CUSTOM_CONVS
 from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 
@@ -18,6 +19,12 @@ from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 #: Implementations that differ from XLA's convolution only in the input gradient: not
 #: candidates for a conv whose input gradient no one needs (the image's).
 INPUT_GRAD_FORMS = ("xla+phases", "xla+colgrad")
+
+
+def native_grad_here(g: ConvGeometry, train: bool, policy: ConvPolicy | None = None) -> bool:
+    """Whether a train step's custom convs of ``g`` take zoo's compiled weight gradient
+    under ``policy`` (default ``ConvPolicy()``) on this machine."""
+    return train and (policy or ConvPolicy()).native_grad(g) and native.available()
 
 
 class ConvCall(NamedTuple):
@@ -35,6 +42,12 @@ class ConvCall(NamedTuple):
     @property
     def key(self) -> str:
         return self.geometry.key(self.train)
+
+    @property
+    def native_grad(self) -> bool:
+        """Whether its custom convs take the compiled weight gradient here (a train step,
+        the policy asks, the kernel runs)."""
+        return native_grad_here(self.geometry, self.train, self.policy)
 
     def default_impl(self) -> str:
         """What the hand-tuned rules run it as."""

@@ -1,0 +1,152 @@
+"""zoo's compiled weight-gradient kernel: XLA's values for every geometry it takes, chosen by
+the policy where it should be, built once and atomically, and a clear fallback where no
+compiler is at hand."""
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from conftest import normal
+from zoo.kernels import ConvGeometry, ConvPolicy, conv2d, native
+
+if not native.available():   # the CI machine has a compiler: this must not skip there
+    pytest.skip(f"the native kernel does not build here: {native.why_not()}",
+                allow_module_level=True)
+
+EVERYWHERE = ConvPolicy(native_grad_min_map=1)
+NEVER = ConvPolicy(native_grad_min_map=0)
+
+
+def xla_weight_grad(x, dy, w_shape, stride, padding, rounding):
+    def f(w):
+        return conv2d(x, w, stride=stride, padding=padding, rounding=rounding, impl="xla")
+    return jax.vjp(f, jnp.zeros(w_shape))[1](dy)[0]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, rounding", [
+    ((2, 30, 30, 3), (7, 7, 3, 20), 2, 3, "floor"),     # a stem: 3 channels, 20 = 16 + 4 padded
+    ((3, 12, 12, 8), (3, 3, 8, 32), 1, 1, "exact"),     # two vectors of output channels
+    ((1, 9, 9, 4), (3, 3, 4, 80), 2, 0, "exact"),       # one image, 64 + 16 channels
+    ((2, 20, 21, 5), (5, 3, 5, 6), (2, 1), (2, 1), "floor"),   # asymmetric; an unread border
+])
+def test_equals_xlas_weight_gradient(x_shape, w_shape, stride, padding, rounding):
+    x = normal(0, x_shape)
+    y = jax.eval_shape(lambda: conv2d(x, jnp.zeros(w_shape), stride=stride, padding=padding,
+                                      rounding=rounding, impl="xla"))
+    dy = normal(1, y.shape)
+    pads = zoo.kernels.padding_pairs(x_shape, w_shape[:2], zoo.kernels.pair(stride),
+                                     zoo.kernels.pair(padding), (1, 1), y.shape[1:3])
+    got = jax.jit(native.weight_grad, static_argnums=(2, 3, 4))(
+        x, dy, w_shape[:2], zoo.kernels.pair(stride), tuple(map(tuple, pads)))
+    want = xla_weight_grad(x, dy, w_shape, stride, padding, rounding)
+    assert got.shape == want.shape == w_shape
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
+
+
+def test_the_same_bits_on_every_call():
+    """Threads take the rows in any order, but each fixed part of them is summed in order:
+    a resumed training run must repeat the uninterrupted one bit for bit."""
+    x, dy = normal(7, (4, 24, 24, 16)), normal(8, (4, 24, 24, 32))
+    f = jax.jit(native.weight_grad, static_argnums=(2, 3, 4))
+    first = np.asarray(f(x, dy, (3, 3), (1, 1), ((1, 1), (1, 1))))
+    for _ in range(8):
+        np.testing.assert_array_equal(np.asarray(f(x, dy, (3, 3), (1, 1), ((1, 1), (1, 1)))),
+                                      first)
+
+
+def test_policy_gives_it_the_custom_convs_of_big_float32_maps_in_train_steps():
+    def lowered(policy, x_shape, w_shape, dtype=jnp.float32, groups=1, impl=None):
+        x, w = jnp.zeros(x_shape, dtype), jnp.zeros(w_shape, dtype)
+        def loss(w, x):   # x traced too: an eager input takes XLA's conv
+            y = conv2d(x, w, padding=1, groups=groups, policy=policy, impl=impl, train=True)
+            return jnp.sum(y.astype(jnp.float32))
+        return jax.jit(jax.grad(loss)).lower(w, x).as_text()
+
+    big, small = ((2, 20, 20, 8), (3, 3, 8, 16)), ((2, 19, 19, 8), (3, 3, 8, 16))
+    assert native.TARGET in lowered(ConvPolicy(), *big)           # 400 output pixels
+    assert native.TARGET not in lowered(ConvPolicy(), *small)     # 361
+    assert native.TARGET not in lowered(NEVER, *big)
+    assert native.TARGET not in lowered(ConvPolicy(), *big, impl="xla")   # autodiff's own
+    assert native.TARGET not in lowered(ConvPolicy(), *big, dtype=jnp.bfloat16)
+    assert native.TARGET not in lowered(ConvPolicy(), (2, 20, 20, 8), (3, 3, 4, 16), groups=2)
+    g = ConvGeometry((2, 20, 20, 8), (3, 3, 8, 16), (1, 1), (2, 2), 1, (16, 16))
+    assert not ConvPolicy().native_grad(g)                         # dilated
+    with pytest.raises(ValueError, match="native_grad_min_map"):
+        ConvPolicy(native_grad_min_map=-1)
+
+
+def test_a_train_step_has_xlas_gradients_and_runs_under_vmap():
+    model = zoo.create("lenet5")
+    x, y = normal(2, (4, 32, 32, 1)), jnp.arange(4) % 10
+    v = model.init(jax.random.key(0), x.shape)
+
+    def grads(policy):
+        m = model.with_policy(policy)
+        def loss(p, x):
+            logits = m.apply(p, v["state"], x, train=True)[0]
+            return jnp.mean(zoo.train.cross_entropy(logits, y))
+        step = jax.jit(jax.grad(loss))
+        return step(v["params"], x), step.lower(v["params"], x).as_text().count(native.TARGET)
+
+    (got, calls), (want, none) = grads(EVERYWHERE), grads(NEVER)
+    assert (calls, none) == (2, 0)                      # conv1 (taps forward) and conv2
+    for path, a in zoo.paths.flatten(got).items():
+        b = zoo.paths.flatten(want)[path]
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-7, err_msg=path)
+    # per-example gradients: the custom call runs once per example
+    x1, w = normal(3, (3, 6, 6, 2)), normal(4, (3, 3, 2, 16))
+    def per_example(xi):
+        return jax.grad(lambda w_: jnp.sum(conv2d(xi[None], w_, padding=1, impl="xla+stored",
+                                                  policy=EVERYWHERE) ** 2))(w)
+    got = jax.jit(jax.vmap(per_example))(x1)
+    want = jnp.stack([jax.grad(lambda w_: jnp.sum(conv2d(xi[None], w_, padding=1,
+                                                         impl="xla") ** 2))(w) for xi in x1])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_built_once_per_machine_and_atomically(tmp_path, monkeypatch):
+    cxx = native.compiler()
+    out = native.library_path(cxx)
+    assert os.path.exists(out)                       # built when the module was first used
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    moved = native.library_path(cxx)
+    assert moved.startswith(str(tmp_path)) and os.path.basename(moved) == os.path.basename(out)
+    # a compiler that fails leaves nothing behind and says what failed
+    with pytest.raises(native.NativeUnavailable, match="failed"):
+        native.build("false", moved)
+    assert not os.path.exists(moved) and os.listdir(os.path.dirname(moved)) == []
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(native.NativeUnavailable, match="CXX"):
+        native.compiler()
+
+
+def test_without_a_compiler_convs_keep_xlas_gradient_and_say_so_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_warned", [])
+    native._load.cache_clear()
+    try:
+        assert not native.available() and "no-such-compiler" in native.why_not()
+        x, w = normal(5, (2, 20, 20, 4)), normal(6, (3, 3, 4, 16))
+        def grad(policy):
+            return jax.grad(lambda w_, x_: jnp.sum(conv2d(x_, w_, padding=1, policy=policy,
+                                                          train=True) ** 2))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = jax.jit(grad(ConvPolicy()))(w, x)
+            jax.jit(grad(ConvPolicy(small_map=15)))(w, x)   # another program: no second warning
+        said = [str(c.message) for c in caught if "weight-gradient kernel" in str(c.message)]
+        assert len(said) == 1 and "no-such-compiler" in said[0]
+        assert not os.listdir(tmp_path)                  # nothing built, nothing half-written
+        want = jax.grad(lambda w_: jnp.sum(conv2d(x, w_, padding=1, impl="xla") ** 2))(w)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+        assert native.available()                        # registered again in this process

@@ -1,0 +1,187 @@
+// The weight gradient of a 2-D convolution, float32, as an XLA FFI handler for the CPU.
+//
+//   dW[r, s, c, k] = sum over n, h, w of  xp[n, h*sh + r, w*sw + s, c] * dy[n, h, w, k]
+//
+// xp is the input already padded (NHWC), dy the output gradient (NHWC), dW is HWIO. For one
+// kernel row r, the S*C values (s, c) a position reads are one contiguous window of an xp
+// row, so dW[r] (S*C x K) is a sum of outer products over positions: the notes' im2col
+// product, with the patches read in place instead of copied. A register tile of 6 window
+// values by 64 output channels stays in registers over a chunk of output rows; threads of
+// XLA's pool take fixed parts of the rows, each summed into its own copy of dW.
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+#include <atomic>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 16 floats: one AVX-512 register, two AVX ones; the compiler picks from -march.
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+constexpr int kRows = 6;             // window values per register tile
+constexpr int kVectors = 4;          // 64 output channels per register tile
+constexpr int64_t kChunk = 512;      // output positions per chunk: xp and dy rows stay in L2
+constexpr int64_t kParts = 16;       // copies of dW summed at the end, at most ...
+constexpr int64_t kPartsBytes = 64 << 20;   // ... and at most this many bytes of them
+
+struct Geometry {
+  int64_t n, hp, wp, c;   // padded input
+  int64_t ho, wo, k;      // output gradient
+  int64_t r, s;           // kernel
+  int64_t sh, sw;         // stride
+};
+
+// out[0:MR, 0:16*NV] (row stride k) += the products of output rows [row0, row1)
+template <int MR, int NV>
+void tile(const Geometry& g, const float* xp, const float* dy, int64_t row0, int64_t row1,
+          int64_t r, int64_t m0, int64_t k0, float* out) {
+  v16 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = load16(out + i * g.k + 16 * j);
+  const int64_t a_step = g.sw * g.c;
+  for (int64_t row = row0; row < row1; ++row) {
+    const int64_t n = row / g.ho, h = row % g.ho;
+    const float* a = xp + ((n * g.hp + h * g.sh + r) * g.wp) * g.c + m0;
+    const float* b = dy + row * g.wo * g.k + k0;
+    for (int64_t p = 0; p < g.wo; ++p, a += a_step, b += g.k) {
+      v16 bv[NV];
+      for (int j = 0; j < NV; ++j) bv[j] = load16(b + 16 * j);
+      for (int i = 0; i < MR; ++i) {
+        v16 av = {};
+        av += a[i];
+        for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) store16(out + i * g.k + 16 * j, acc[i][j]);
+}
+
+template <int NV>
+void tile_rows(int mr, const Geometry& g, const float* xp, const float* dy, int64_t row0,
+               int64_t row1, int64_t r, int64_t m0, int64_t k0, float* out) {
+  switch (mr) {
+    case 6: return tile<6, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+    case 5: return tile<5, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+    case 4: return tile<4, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+    case 3: return tile<3, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+    case 2: return tile<2, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+    default: return tile<1, NV>(g, xp, dy, row0, row1, r, m0, k0, out);
+  }
+}
+
+// every tile of dW (R, S*C, K) over output rows [row0, row1) of the (n, h) grid
+void chunk(const Geometry& g, const float* xp, const float* dy, int64_t row0, int64_t row1,
+           float* out) {
+  const int64_t m = g.s * g.c;
+  for (int64_t k0 = 0; k0 < g.k; k0 += 16 * kVectors) {
+    const int nv = static_cast<int>(std::min<int64_t>(kVectors, (g.k - k0) / 16));
+    for (int64_t r = 0; r < g.r; ++r) {
+      for (int64_t m0 = 0; m0 < m; m0 += kRows) {
+        const int mr = static_cast<int>(std::min<int64_t>(kRows, m - m0));
+        float* o = out + (r * m + m0) * g.k + k0;
+        switch (nv) {
+          case 4: tile_rows<4>(mr, g, xp, dy, row0, row1, r, m0, k0, o); break;
+          case 3: tile_rows<3>(mr, g, xp, dy, row0, row1, r, m0, k0, o); break;
+          case 2: tile_rows<2>(mr, g, xp, dy, row0, row1, r, m0, k0, o); break;
+          default: tile_rows<1>(mr, g, xp, dy, row0, row1, r, m0, k0, o); break;
+        }
+      }
+    }
+  }
+}
+
+// What the threads share; held by every scheduled task, so a task that starts after the
+// call returned finds it closed and touches nothing else.
+struct Work {
+  std::atomic<int64_t> next{0};
+  int slots = 0, done = 0;
+  bool closed = false;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::vector<float>> parts;
+};
+
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
+                      ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                      int64_t sw) {
+  if (xp.dimensions().size() != 4 || dy.dimensions().size() != 4 ||
+      dw->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("zoo weight gradient: operands must be 4-D");
+  auto xd = xp.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], sh, sw};
+  if (g.k % 16 != 0 || wd[2] != g.c || wd[3] != g.k || gd[0] != g.n || sh < 1 || sw < 1 ||
+      (g.ho - 1) * sh + g.r > g.hp || (g.wo - 1) * sw + g.s > g.wp)
+    return ffi::Error::InvalidArgument(
+        "zoo weight gradient: shapes do not fit (K a multiple of 16, the padded input "
+        "covering every window)");
+  const int64_t size = g.r * g.s * g.c * g.k;
+  const int64_t total = g.n * g.ho;
+  // The output rows split into a number of parts fixed by the shapes alone, each summed in
+  // order into its own copy of dW, the copies added in order: the same bits on every run
+  // and every thread count (a resumed training run repeats the uninterrupted one exactly).
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>({kParts, total, kPartsBytes / (size * int64_t(sizeof(float)))}));
+  const int workers = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, parts)));
+  const int64_t rows = std::max<int64_t>(1, kChunk / g.wo);
+  auto work = std::make_shared<Work>();
+  work->parts.resize(parts);
+  const float* x = xp.typed_data();
+  const float* d = dy.typed_data();
+  auto run = [work, g, x, d, total, parts, rows, size, workers]() {
+    {
+      std::lock_guard<std::mutex> lock(work->mu);
+      if (work->closed || work->slots >= workers) return;
+      work->slots++;
+    }
+    for (;;) {
+      const int64_t p = work->next.fetch_add(1);
+      if (p >= parts) break;
+      std::vector<float>& part = work->parts[p];
+      part.assign(size, 0.0f);
+      const int64_t end = (p + 1) * total / parts;
+      for (int64_t row = p * total / parts; row < end; row += rows)
+        chunk(g, x, d, row, std::min(end, row + rows), part.data());
+    }
+    std::lock_guard<std::mutex> lock(work->mu);
+    work->done++;
+    work->cv.notify_all();
+  };
+  for (int i = 1; i < workers; ++i) pool.Schedule([run]() { run(); });
+  run();  // the caller takes parts too: all of them if the pool is busy
+  {
+    std::unique_lock<std::mutex> lock(work->mu);
+    work->cv.wait(lock, [&] { return work->done == work->slots; });
+    work->closed = true;
+  }
+  float* out = dw->typed_data();
+  std::memcpy(out, work->parts[0].data(), size * sizeof(float));
+  for (int64_t i = 1; i < parts; ++i) {
+    const float* p = work->parts[i].data();
+    for (int64_t j = 0; j < size; ++j) out[j] += p[j];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw"));
