@@ -141,7 +141,7 @@ def test_without_a_compiler_convs_keep_xlas_gradient_and_say_so_once(tmp_path, m
             warnings.simplefilter("always")
             got = jax.jit(grad(ConvPolicy()))(w, x)
             jax.jit(grad(ConvPolicy(small_map=15)))(w, x)   # another program: no second warning
-        said = [str(c.message) for c in caught if "weight-gradient kernel" in str(c.message)]
+        said = [str(c.message) for c in caught if "compiled CPU kernels" in str(c.message)]
         assert len(said) == 1 and "no-such-compiler" in said[0]
         assert not os.listdir(tmp_path)                  # nothing built, nothing half-written
         want = jax.grad(lambda w_: jnp.sum(conv2d(x, w_, padding=1, impl="xla") ** 2))(w)
@@ -150,3 +150,73 @@ def test_without_a_compiler_convs_keep_xlas_gradient_and_say_so_once(tmp_path, m
         monkeypatch.undo()
         native._load.cache_clear()
         assert native.available()                        # registered again in this process
+
+
+@pytest.mark.parametrize("shape", [(4, 18, 18, 64), (3, 7, 5, 20), (600, 24)])
+def test_batch_norm_sums_equal_float64(shape):
+    """Off-centre data (mean 3, std 2) over 1,296, 105 and 600 rows; 20 and 24 channels are
+    not whole vectors."""
+    x = normal(9, shape) * 2 + 3
+    g = normal(10, shape)
+    xd = np.asarray(x, np.float64).reshape(-1, shape[-1])
+    gd = np.asarray(g, np.float64).reshape(-1, shape[-1])
+    mean, var = jax.jit(native.batch_stats)(x)
+    np.testing.assert_allclose(np.asarray(mean), xd.mean(0), rtol=0, atol=2e-6 * 3)
+    np.testing.assert_allclose(np.asarray(var), xd.var(0), rtol=2e-6, atol=0)
+    sum_g, sum_gc = jax.jit(native.grad_sums)(g, x, mean)
+    np.testing.assert_allclose(np.asarray(sum_g), gd.sum(0), rtol=0, atol=1e-5 * len(gd) ** .5)
+    want = (gd * (xd - np.asarray(mean, np.float64))).sum(0)
+    np.testing.assert_allclose(np.asarray(sum_gc), want, rtol=0, atol=2e-5 * len(gd) ** .5)
+    again = jax.jit(native.grad_sums)(g, x, mean)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, (sum_g, sum_gc)))
+
+
+def test_batch_norm_layer_takes_the_compiled_sums_with_the_same_values_and_gradients():
+    layer = zoo.nn.BatchNorm()
+    _, params, state = layer.init(jax.random.key(0), (8, 10, 10, 32))
+    params = {"scale": jnp.linspace(0.5, 1.5, 32), "bias": jnp.linspace(-1, 1, 32)}
+    x, g = normal(11, (8, 10, 10, 32)) * 2 + 3, normal(12, (8, 10, 10, 32))
+
+    def run(policy):
+        def f(p, x):
+            y, new = layer.apply(p, state, x, train=True, policy=policy)
+            return jnp.sum(y * g), new
+        step = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+        return step(params, x), step.lower(params, x).as_text()
+
+    ((loss, new), grads), text = run(ConvPolicy())
+    ((loss0, new0), grads0), text0 = run(ConvPolicy(native=False))
+    assert "zoo_batch_stats" in text and "zoo_grad_sums" in text
+    assert "zoo_batch_stats" not in text0 and "zoo_grad_sums" not in text0
+    np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((new, grads)), jax.tree.leaves((new0, grads0))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("shape, window, stride, padding, rounding", [
+    ((2, 17, 17, 32), 3, 2, 1, "exact"),      # a ResNet stem's pool, odd map
+    ((3, 9, 8, 20), 2, 2, 0, "floor"),        # VGG's, an unreached row; 20 channels: a tail
+    ((2, 12, 12, 16), 3, 2, 0, "ceil"),       # GoogLeNet's, the ceil rule's border
+])
+def test_max_pool_gradient_routes_as_the_xla_form(shape, window, stride, padding, rounding):
+    """Ties (values on a 0.25 grid) go to the first maximum in row-major window order."""
+    pool = zoo.nn.MaxPool(window, stride, padding, rounding)
+    out_shape, _, _ = pool.init(jax.random.key(0), shape)
+    x = jnp.round(normal(13, shape) * 4) / 4
+    g = normal(14, out_shape)
+
+    def grad(policy):
+        def run(x):
+            return jax.vjp(lambda x_: pool.apply({}, {}, x_, train=True, policy=policy)[0], x)[1](g)[0]
+        step = jax.jit(run)
+        return step(x), step.lower(x).as_text()
+
+    got, text = grad(ConvPolicy())
+    want, text0 = grad(ConvPolicy(native=False))
+    assert "zoo_max_pool_grad" in text and "zoo_max_pool_grad" not in text0
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
+    assert float(jnp.sum(jnp.abs(got) > 0)) > 0
+    bf16 = jax.jit(lambda x: jax.vjp(lambda x_: pool.apply({}, {}, x_, train=True)[0], x)[1](
+        g.astype(jnp.bfloat16))[0]).lower(x.astype(jnp.bfloat16)).as_text()
+    assert "zoo_max_pool_grad" not in bf16           # float32 only

@@ -26,6 +26,7 @@ LEVER_VARIANTS = {
     "no_store_input": ({"store_input": False}, ("train",)),
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
     "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),  # XLA's weight gradients
+    "no_native": ({"native": False}, ("train",)),   # no compiled kernel at all
     "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }
 
@@ -56,6 +57,9 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
                 continue
         elif name == "no_input_grad":
             if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
+                continue
+        elif name == "no_native":
+            if dtype != "float32":
                 continue
         elif name == "no_native_grad":
             calls = convs_of(model, input_shape, train=True, dtype=DTYPES[dtype])

@@ -217,7 +217,7 @@ class CustomConv(NamedTuple):
     input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
                        # 'phases' (stride**2 stride-1 convs), 'cols' (dy @ W^T, col2im),
                        # 'autodiff'
-    weight_grad: str   # 'matmul', 'native' (zoo.kernels.native) or 'xla'
+    weight_grad: str   # 'matmul', 'native' (zoo.kernels.native, else XLA's) or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
     store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
 
@@ -252,7 +252,7 @@ def _custom_bwd(meta: CustomConv, res, dy):
     if meta.weight_grad == "matmul":
         dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, meta.out_hw,
                                  meta.chunk_bytes)
-    elif meta.weight_grad == "native":
+    elif meta.weight_grad == "native" and native.usable():
         dw = native.weight_grad(x, dy, w.shape[:2], geom.stride, geom.pads)
     else:
         dw = jax.vjp(lambda w_: xla_conv(x, w_, geom), w)[1](dy)[0]
@@ -352,10 +352,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         store = policy.store_input if recipe.store_input is None else recipe.store_input
         wgrad = recipe.weight_grad
         if wgrad == "xla" and policy.native_grad(g):
-            if native.available():
-                wgrad = "native"
-            else:
-                native.warn_unavailable()
+            wgrad = "native"   # built (or found unbuildable) when a gradient is traced
         y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), recipe.forward, grad,
                                           wgrad, int(policy.chunk_bytes), bool(store)))
     return y.astype(x.dtype)

@@ -114,9 +114,12 @@ class ConvPolicy:
     mmgrad_min_map: int = 144
     #: bytes of the im2col buffer per step of the matmul weight gradient.
     chunk_bytes: int = 16 << 20
-    #: custom convs (float32, ungrouped, undilated) with output maps of at least this many
-    #: pixels take their weight gradient from zoo's compiled kernel (zoo.kernels.native)
-    #: instead of XLA's; 0: never.
+    #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply, in float32: training
+    #: BatchNorm's sums, max pooling's gradient, and the weight gradient below; False:
+    #: XLA's forms only.
+    native: bool = True
+    #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
+    #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
     native_grad_min_map: int = 400
     #: other convs keep their input as a stored buffer for XLA's weight gradient ('xla+stored').
     store_input: bool = True
@@ -230,9 +233,15 @@ class ConvPolicy:
     def native_grad(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` asks for the compiled weight gradient (whether it
         runs here is :func:`zoo.kernels.native.available`)."""
-        return (bool(self.native_grad_min_map) and g.pixels >= self.native_grad_min_map
-                and self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
+        return (self.native and bool(self.native_grad_min_map)
+                and g.pixels >= self.native_grad_min_map and self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
                 and jnp.dtype(g.dtype) in NATIVE_DTYPES)
+
+    def native_for(self, dtype) -> bool:
+        """Whether a layer on ``dtype`` inputs asks for a compiled kernel (BatchNorm's sums,
+        max pooling's gradient; whether they run here is
+        :func:`zoo.kernels.native.available`)."""
+        return self.native and self.active() and jnp.dtype(dtype) in NATIVE_DTYPES
 
     def accumulation(self, dtype):
         """``preferred_element_type`` for a conv or matmul on ``dtype`` inputs: float32 for

@@ -4,10 +4,12 @@ values and gradients as the plain JAX expressions (measurements in docs/benchmar
 - :func:`max_pool`: the gradient is routed by comparing each of the ``kh*kw`` strided
   window views with the output (the first maximum in row-major window order wins, as
   XLA's), accumulated on the ``sh*sw`` stride-phase planes of the input and interleaved
-  once: elementwise work that XLA fuses, instead of autodiff's ``select_and_gather_add``.
+  once: elementwise work that XLA fuses, instead of autodiff's ``select_and_gather_add``;
+  or by zoo's compiled kernel, which reads each window once.
   Stride-1 pools also run their forward as the maximum of shifted views.
-- :func:`batch_norm_train`: the batch sums as products with a ones vector, the backward
-  written out (two sums instead of the reductions of the autodiff graph).
+- :func:`batch_norm_train`: the batch sums as products with a ones vector, or zoo's compiled
+  sums (:mod:`.native`), the backward written out (two sums instead of the reductions of
+  the autodiff graph).
 - :func:`stored`: a value XLA:CPU reads from memory instead of recomputing it in each
   consumer (the input a conv keeps for its weight gradient).
 """
@@ -19,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import native
 
-def max_pool(x, window, strides, pads):
+
+def max_pool(x, window, strides, pads, compiled=False):
     """Max pooling of NHWC ``x`` over ``window`` (kh, kw) with ``strides`` (sh, sw) and
-    ``pads`` ((top, bottom), (left, right)), all >= 0, padded with -inf."""
+    ``pads`` ((top, bottom), (left, right)), all >= 0, padded with -inf. ``compiled``: the
+    gradient by zoo's compiled kernel (:func:`.native.max_pool_grad`, float32) where it
+    runs (built when a gradient is first traced)."""
     geom = (tuple(window), tuple(strides), tuple(map(tuple, pads)))
-    return _max_pool(x, geom)
+    return _max_pool(x, geom, bool(compiled))
 
 
 def _reduce_max(x, geom):
@@ -51,19 +57,21 @@ def _window_views(x, geom):
                 for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool(x, geom):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x, geom, compiled):
     return _reduce_max(x, geom)
 
 
-def _max_pool_fwd(x, geom):
+def _max_pool_fwd(x, geom, compiled):
     y = _reduce_max(x, geom)
     return y, (x, y)
 
 
-def _max_pool_bwd(geom, res, g):
+def _max_pool_bwd(geom, compiled, res, g):
     (sh, sw), ((pt, _), (pl, _)) = geom[1:]
     x, y = res
+    if compiled and native.usable():
+        return (native.max_pool_grad(x, y, g.astype(x.dtype), *geom).astype(x.dtype),)
     xp, views = _window_views(x, geom)
     n, ho, wo, c = y.shape
     zero = jnp.zeros((), g.dtype)
@@ -114,41 +122,51 @@ def _column_sum(a):
     return jnp.dot(ones, rows, precision=jax.lax.Precision.HIGHEST)
 
 
-def batch_norm_train(x, scale, bias, eps):
+def batch_norm_train(x, scale, bias, eps, compiled=False):
     """Training-mode batch normalization over every axis but the last (Ioffe & Szegedy
     2015), float32: ``(y, batch mean, biased batch variance)``. The statistics are
-    outputs for the running averages, not differentiated through (as PyTorch's)."""
-    y, mean, var = _batch_norm_train(x, scale, bias, eps)
+    outputs for the running averages, not differentiated through (as PyTorch's).
+    ``compiled``: the sums by zoo's compiled kernels (:func:`.native.batch_stats`,
+    :func:`.native.grad_sums`; the caller checks :func:`.native.available`)."""
+    y, mean, var = _batch_norm_train(x, scale, bias, eps, bool(compiled))
     return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
-def _bn_forward(x, scale, bias, eps):
-    m = x.size // x.shape[-1]
-    mean = _column_sum(x) / m
-    centered = x - mean
-    var = _column_sum(jnp.square(centered)) / m
+def _bn_forward(x, scale, bias, eps, compiled):
+    if compiled:
+        mean, var = native.batch_stats(x)
+        centered = x - mean
+    else:
+        m = x.size // x.shape[-1]
+        mean = _column_sum(x) / m
+        centered = x - mean
+        var = _column_sum(jnp.square(centered)) / m
     rstd = jax.lax.rsqrt(var + eps)
     return centered * (scale * rstd) + bias, mean, var, rstd
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(x, scale, bias, eps):
-    y, mean, var, _ = _bn_forward(x, scale, bias, eps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_train(x, scale, bias, eps, compiled):
+    y, mean, var, _ = _bn_forward(x, scale, bias, eps, compiled)
     return y, mean, var
 
 
-def _batch_norm_train_fwd(x, scale, bias, eps):
-    y, mean, var, rstd = _bn_forward(x, scale, bias, eps)
+def _batch_norm_train_fwd(x, scale, bias, eps, compiled):
+    y, mean, var, rstd = _bn_forward(x, scale, bias, eps, compiled)
     return (y, mean, var), (x, mean, rstd, scale)
 
 
-def _batch_norm_train_bwd(eps, res, cotangents):
+def _batch_norm_train_bwd(eps, compiled, res, cotangents):
     x, mean, rstd, scale = res
     g = cotangents[0]
     m = x.size // x.shape[-1]
     xhat = (x - mean) * rstd
-    sum_g = _column_sum(g)
-    sum_gx = _column_sum(g * xhat)
+    if compiled:
+        sum_g, sum_gc = native.grad_sums(g, x, mean)
+        sum_gx = sum_gc * rstd
+    else:
+        sum_g = _column_sum(g)
+        sum_gx = _column_sum(g * xhat)
     dx = (scale * rstd / m) * (m * g - sum_g - xhat * sum_gx)
     return dx, sum_gx, sum_g
 

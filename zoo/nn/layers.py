@@ -115,6 +115,11 @@ def Dense(features: int, *, bias=True) -> Layer:
     return Layer(init, apply, "dense", dict(features=features, bias=bias))
 
 
+def _compiled(policy, dtype) -> bool:
+    """Whether a layer on ``dtype`` asks for zoo's compiled kernel under ``policy``."""
+    return (policy or kernels.DEFAULT_POLICY).native_for(dtype)
+
+
 def _pool(kind, window, stride, padding, rounding, reducer):
     kh, kw = _pair(window)
     stride = _pair(stride if stride is not None else window)
@@ -136,7 +141,7 @@ def _pool(kind, window, stride, padding, rounding, reducer):
         # Under the floor rule the last rows/columns may never be reached: crop them.
         x = x[:, : x.shape[1] + min(eh, 0), : x.shape[2] + min(ew, 0)]
         pads = [(0, 0), (ph, max(eh, 0)), (pw, max(ew, 0)), (0, 0)]
-        return reducer(x, (1, kh, kw, 1), (1, *stride, 1), pads), state
+        return reducer(x, (1, kh, kw, 1), (1, *stride, 1), pads, policy), state
 
     return Layer(init, apply, kind, cfg)
 
@@ -145,8 +150,9 @@ def MaxPool(window, stride=None, padding=0, rounding="exact") -> Layer:
     """Max pooling; padding and the ceil rule's extra border are -inf (never selected).
     The gradient goes to the first maximum of each window (:func:`zoo.kernels.max_pool`)."""
 
-    def reduce_max(x, dims, strides, pads):
-        return kernels.max_pool(x, dims[1:3], strides[1:3], pads[1:3])
+    def reduce_max(x, dims, strides, pads, policy):
+        return kernels.max_pool(x, dims[1:3], strides[1:3], pads[1:3],
+                                _compiled(policy, x.dtype))
 
     return _pool("maxpool", window, stride, padding, rounding, reduce_max)
 
@@ -156,7 +162,7 @@ def AvgPool(window, stride=None, padding=0, rounding="exact") -> Layer:
     ``count_include_pad=True``); the ceil rule's extra border beyond ``P`` does not."""
     p = _pair(padding)
 
-    def reduce_mean(x, dims, strides, pads):
+    def reduce_mean(x, dims, strides, pads, policy):
         zero = np.array(0, x.dtype)  # a constant: a traced init value is not differentiable
         total = jax.lax.reduce_window(x, zero, jax.lax.add, dims, strides, pads)
         (_, (lo_h, hi_h), (lo_w, hi_w), _) = pads
@@ -257,7 +263,8 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
     train normalises with the biased batch variance and updates the running statistics
     ``r <- (1 - momentum) r + momentum * batch`` with the unbiased one; eval uses the
     running statistics. Statistics are computed in float32 whatever the input dtype; the
-    training path is :func:`zoo.kernels.batch_norm_train` (sums as dots, an analytic backward)."""
+    training path is :func:`zoo.kernels.batch_norm_train` (sums as dots, or zoo's compiled
+    sums where the policy asks and they run; an analytic backward)."""
 
     def init(key, in_shape):
         c = in_shape[-1]
@@ -269,8 +276,9 @@ def BatchNorm(*, eps=1e-5, momentum=0.1) -> Layer:
     def apply(params, state, x, *, train=False, rng=None, policy=None):
         if train:
             _check_batch_statistics(x)
+            compiled = _compiled(policy, jnp.float32) and kernels.native.usable()
             y, mean, var = kernels.batch_norm_train(x.astype(jnp.float32), params["scale"],
-                                                params["bias"], eps)
+                                                params["bias"], eps, compiled)
             n = x.size // x.shape[-1]
             unbiased = var * (n / max(n - 1, 1))
             new_state = {"mean": (1 - momentum) * state["mean"] + momentum * mean,

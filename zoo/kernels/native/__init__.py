@@ -1,12 +1,17 @@
-"""zoo's compiled CPU kernel: the convolution weight gradient (``wgrad.cc``).
+"""zoo's compiled CPU kernels, XLA FFI calls on XLA's own thread pool:
 
-XLA:CPU computes a convolution's weight gradient by transposing the input and the output
-gradient and running a general contraction over every output position: 62-104 GFLOP/s on
-ResNet-18's big maps, where the direct form reaches the matmul peak (docs/benchmarks.md,
-"The weight gradient in C++"). ``wgrad.cc`` reads the patches in place and keeps a tile of
-the gradient in registers; it runs as an XLA FFI custom call on XLA's own thread pool.
+- ``wgrad.cc``: the convolution weight gradient. XLA:CPU transposes the input and the output
+  gradient and runs a general contraction over every output position: 62-104 GFLOP/s on
+  ResNet-18's big maps, where this direct form, the patches read in place and a tile of the
+  gradient in registers, reaches the matmul peak;
+- ``bnsums.cc``: training BatchNorm's sums over N*H*W (the batch statistics; the two sums
+  of its backward), each input read once, where XLA writes out ``(x - mean)^2`` and
+  ``g * xhat`` for its products with a ones vector;
+- ``maxpool.cc``: max pooling's gradient, each window read once and ``dx`` written once,
+  where the XLA form pads the input and accumulates one plane per window offset.
 
-The library is built once per machine, the first time a program needs it, with the C++
+Both give the same bits on every run and thread count (docs/benchmarks.md, "The weight
+gradient in C++"). The library is built once per machine, the first time a program needs it, with the C++
 compiler at hand (``$CXX``, else ``c++``/``g++``/``clang++``) for this CPU (``-march=native``),
 against the FFI headers jaxlib ships, and kept in ``$ZOO_CACHE/native`` (default
 ``~/.cache/zoo/native``) under a name that hashes the source, the compiler, the flags,
@@ -31,7 +36,11 @@ import numpy as np
 
 from ...machine import cpuinfo
 
-SOURCE = os.path.join(os.path.dirname(__file__), "wgrad.cc")
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), f) for f in ("wgrad.cc", "bnsums.cc", "maxpool.cc"))
+HEADERS = (os.path.join(os.path.dirname(__file__), "parts.h"),)
+#: FFI target name -> the handler's symbol in the library.
+TARGETS = {"zoo_conv_weight_grad": "ZooConvWeightGrad", "zoo_batch_stats": "ZooBatchStats",
+           "zoo_grad_sums": "ZooGradSums", "zoo_max_pool_grad": "ZooMaxPoolGrad"}
 TARGET = "zoo_conv_weight_grad"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 #: The dtypes the kernel takes.
@@ -70,13 +79,14 @@ def compiler() -> str:
 
 
 def library_path(cxx: str) -> str:
-    """Where the library for this source, compiler, flags, jaxlib and CPU is kept."""
+    """Where the library for these sources, compiler, flags, jaxlib and CPU is kept."""
     import jaxlib
 
     info = cpuinfo()
     h = hashlib.sha256()
-    with open(SOURCE, "rb") as f:
-        h.update(f.read())
+    for source in SOURCES + HEADERS:
+        with open(source, "rb") as f:
+            h.update(f.read())
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout.splitlines()[:1]
@@ -85,19 +95,20 @@ def library_path(cxx: str) -> str:
     for part in (cxx, *version, *FLAGS, jaxlib.__version__, info.get("model name", ""),
                  info.get("flags", "")):
         h.update(part.encode() + b"\0")
-    return os.path.join(cache_directory(), f"wgrad-{h.hexdigest()[:16]}.so")
+    return os.path.join(cache_directory(), f"kernels-{h.hexdigest()[:16]}.so")
 
 
 def build(cxx: str, out: str, stream=None) -> None:
-    """Compile :data:`SOURCE` into ``out`` (atomically: a failed or interrupted build leaves
-    no file there)."""
+    """Compile :data:`SOURCES` into ``out`` (atomically: a failed or interrupted build
+    leaves no file there)."""
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    print(f"zoo: compiling the convolution weight-gradient kernel for this CPU "
-          f"(once per machine) -> {out}", file=stream or sys.stderr, flush=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".wgrad-", suffix=".so")
+    print(f"zoo: compiling its CPU kernels (conv weight gradient, BatchNorm's sums, max "
+          f"pooling's gradient) for this CPU, once per machine -> {out}",
+          file=stream or sys.stderr, flush=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".kernels-", suffix=".so")
     os.close(fd)
     try:
-        cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+        cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), *SOURCES, "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True,
                                   timeout=_COMPILE_TIMEOUT_S)
@@ -112,6 +123,9 @@ def build(cxx: str, out: str, stream=None) -> None:
             os.remove(tmp)
 
 
+_registered: list = []   # the library whose handlers this process registered
+
+
 @functools.lru_cache(maxsize=1)
 def _load() -> str | None:
     """Build (if needed), load and register the kernel once per process: None, or why not."""
@@ -122,10 +136,13 @@ def _load() -> str | None:
             build(cxx, path)
         try:
             lib = ctypes.cdll.LoadLibrary(path)
-            handler = lib.ZooConvWeightGrad
+            handlers = {name: getattr(lib, symbol) for name, symbol in TARGETS.items()}
         except (OSError, AttributeError) as e:
             raise NativeUnavailable(f"{path} does not load ({e}); delete it to rebuild") from None
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+        if not _registered:   # XLA takes a target's handler once per process
+            for name, handler in handlers.items():
+                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
+            _registered.append(path)
     except NativeUnavailable as e:
         return str(e)
     return None
@@ -145,13 +162,28 @@ _warned = []
 
 
 def warn_unavailable() -> None:
-    """One warning per process that convolutions keep XLA's weight gradient, and why."""
+    """One warning per process that XLA's forms run instead, and why."""
     if not _warned:
         _warned.append(True)
-        warnings.warn(f"zoo's weight-gradient kernel is not available ({why_not()}); "
-                      f"convolutions use XLA's (slower on big maps). "
-                      f"ConvPolicy(native_grad_min_map=0) says so without this warning",
-                      stacklevel=3)
+        warnings.warn(f"zoo's compiled CPU kernels are not available ({why_not()}); "
+                      f"conv weight gradients, BatchNorm's sums and max pooling's gradient "
+                      f"use XLA's forms (slower). ConvPolicy(native=False) asks for XLA's "
+                      f"without this warning", stacklevel=3)
+
+
+def usable() -> bool:
+    """:func:`available`, with :func:`warn_unavailable` when not: what a caller that asked
+    for a kernel checks before taking XLA's form instead."""
+    if available():
+        return True
+    warn_unavailable()
+    return False
+
+
+def _ready() -> None:
+    reason = _load()
+    if reason is not None:
+        raise NativeUnavailable(reason)
 
 
 def weight_grad(x, dy, kernel_hw, stride, pads):
@@ -159,9 +191,7 @@ def weight_grad(x, dy, kernel_hw, stride, pads):
     kernel, ``stride`` and per-side ``pads`` ((top, bottom), (left, right); a negative
     bottom or right is a border the floor rule never reads), given ``dy``. Raises
     :class:`NativeUnavailable` where the kernel cannot run."""
-    reason = _load()
-    if reason is not None:
-        raise NativeUnavailable(reason)
+    _ready()
     (kh, kw), (sh, sw) = kernel_hw, stride
     n, h, w, c = x.shape
     ho, wo, k = dy.shape[1:]
@@ -177,3 +207,37 @@ def weight_grad(x, dy, kernel_hw, stride, pads):
     dw = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
         xp, g, sh=np.int64(sh), sw=np.int64(sw))
     return dw[..., :k] if kp != k else dw
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1])
+
+
+def batch_stats(x):
+    """``(mean, biased variance)`` of float32 ``x`` over every axis but the last."""
+    _ready()
+    c = x.shape[-1]
+    out = (jax.ShapeDtypeStruct((c,), jnp.float32),) * 2
+    return jax.ffi.ffi_call("zoo_batch_stats", out, vmap_method="sequential")(_rows(x))
+
+
+def grad_sums(g, x, mean):
+    """``(sum g, sum g * (x - mean))`` of float32 ``g`` and ``x`` over every axis but the
+    last."""
+    _ready()
+    c = x.shape[-1]
+    out = (jax.ShapeDtypeStruct((c,), jnp.float32),) * 2
+    return jax.ffi.ffi_call("zoo_grad_sums", out, vmap_method="sequential")(
+        _rows(g), _rows(x), mean)
+
+
+def max_pool_grad(x, y, g, window, strides, pads):
+    """``dL/dx`` of the max pool ``y`` of float32 NHWC ``x`` (``window``, ``strides``, the
+    top and left of ``pads``) given ``g``: each output's gradient to the first input of its
+    window equal to it, in row-major window order."""
+    _ready()
+    (kh, kw), (sh, sw), ((pt, _), (pl, _)) = window, strides, pads
+    return jax.ffi.ffi_call("zoo_max_pool_grad", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                            vmap_method="sequential")(
+        x, y, g, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw),
+        pt=np.int64(pt), pl=np.int64(pl))

@@ -9,15 +9,12 @@
 // values by 64 output channels stays in registers over a chunk of output rows; threads of
 // XLA's pool take fixed parts of the rows, each summed into its own copy of dW.
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <vector>
-#include <atomic>
 
 #include "xla/ffi/api/ffi.h"
+#include "parts.h"
 
 namespace ffi = xla::ffi;
 
@@ -102,17 +99,6 @@ void chunk(const Geometry& g, const float* xp, const float* dy, int64_t row0, in
   }
 }
 
-// What the threads share; held by every scheduled task, so a task that starts after the
-// call returned finds it closed and touches nothing else.
-struct Work {
-  std::atomic<int64_t> next{0};
-  int slots = 0, done = 0;
-  bool closed = false;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::vector<float>> parts;
-};
-
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                       ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
                       int64_t sw) {
@@ -133,43 +119,21 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   // and every thread count (a resumed training run repeats the uninterrupted one exactly).
   const int64_t parts = std::max<int64_t>(
       1, std::min<int64_t>({kParts, total, kPartsBytes / (size * int64_t(sizeof(float)))}));
-  const int workers = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, parts)));
   const int64_t rows = std::max<int64_t>(1, kChunk / g.wo);
-  auto work = std::make_shared<Work>();
-  work->parts.resize(parts);
+  std::vector<std::vector<float>> copies(parts);
   const float* x = xp.typed_data();
   const float* d = dy.typed_data();
-  auto run = [work, g, x, d, total, parts, rows, size, workers]() {
-    {
-      std::lock_guard<std::mutex> lock(work->mu);
-      if (work->closed || work->slots >= workers) return;
-      work->slots++;
-    }
-    for (;;) {
-      const int64_t p = work->next.fetch_add(1);
-      if (p >= parts) break;
-      std::vector<float>& part = work->parts[p];
-      part.assign(size, 0.0f);
-      const int64_t end = (p + 1) * total / parts;
-      for (int64_t row = p * total / parts; row < end; row += rows)
-        chunk(g, x, d, row, std::min(end, row + rows), part.data());
-    }
-    std::lock_guard<std::mutex> lock(work->mu);
-    work->done++;
-    work->cv.notify_all();
-  };
-  for (int i = 1; i < workers; ++i) pool.Schedule([run]() { run(); });
-  run();  // the caller takes parts too: all of them if the pool is busy
-  {
-    std::unique_lock<std::mutex> lock(work->mu);
-    work->cv.wait(lock, [&] { return work->done == work->slots; });
-    work->closed = true;
-  }
+  zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
+    std::vector<float>& part = copies[p];
+    part.assign(size, 0.0f);
+    const int64_t end = (p + 1) * total / parts;
+    for (int64_t row = p * total / parts; row < end; row += rows)
+      chunk(g, x, d, row, std::min(end, row + rows), part.data());
+  });
   float* out = dw->typed_data();
-  std::memcpy(out, work->parts[0].data(), size * sizeof(float));
+  std::memcpy(out, copies[0].data(), size * sizeof(float));
   for (int64_t i = 1; i < parts; ++i) {
-    const float* p = work->parts[i].data();
+    const float* p = copies[i].data();
     for (int64_t j = 0; j < size; ++j) out[j] += p[j];
   }
   return ffi::Error::Success();

@@ -1,0 +1,112 @@
+// The gradient of max pooling, float32, NHWC:
+//
+//   ZooMaxPoolGrad(x, y, g) -> dx
+//
+// Each output's gradient goes to the first input of its window (in row-major window order)
+// equal to the output, as XLA's select-and-scatter does; windows overlap, so one image's
+// windows are taken in order by one thread (images are the parts), the same bits on every
+// run. Positions in the padding are never chosen. Reads each window once, channels 16 at a
+// time, and writes dx once: no padded copy of x and no per-offset planes.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "xla/ffi/api/ffi.h"
+#include "parts.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t m16 __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+struct Pool {
+  int64_t h, w, c, ho, wo, kh, kw, sh, sw, pt, pl;
+};
+
+// one output position's channels [c0, c0 + 16) (or the scalar tail when lanes < 16)
+inline void route(const Pool& p, const float* x, const float* y, const float* g, float* dx,
+                  int64_t oh, int64_t ow, int64_t c0, int lanes) {
+  const int64_t out = (oh * p.wo + ow) * p.c + c0;
+  const int64_t h0 = oh * p.sh - p.pt, w0 = ow * p.sw - p.pl;
+  if (lanes == 16) {
+    const v16 yv = load16(y + out), gv = load16(g + out), zero = {};
+    m16 taken = {};
+    for (int64_t i = 0; i < p.kh; ++i) {
+      const int64_t r = h0 + i;
+      if (r < 0 || r >= p.h) continue;
+      for (int64_t j = 0; j < p.kw; ++j) {
+        const int64_t q = w0 + j;
+        if (q < 0 || q >= p.w) continue;
+        const int64_t at = (r * p.w + q) * p.c + c0;
+        const m16 hit = (load16(x + at) == yv) & ~taken;
+        taken |= hit;
+        store16(dx + at, load16(dx + at) + (hit ? gv : zero));
+      }
+    }
+    return;
+  }
+  for (int l = 0; l < lanes; ++l) {
+    bool done = false;
+    for (int64_t i = 0; i < p.kh && !done; ++i) {
+      const int64_t r = h0 + i;
+      if (r < 0 || r >= p.h) continue;
+      for (int64_t j = 0; j < p.kw && !done; ++j) {
+        const int64_t q = w0 + j;
+        if (q < 0 || q >= p.w) continue;
+        const int64_t at = (r * p.w + q) * p.c + c0 + l;
+        if (x[at] == y[out + l]) {
+          dx[at] += g[out + l];
+          done = true;
+        }
+      }
+    }
+  }
+}
+
+ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                       ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  const auto xd = x.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || g.dimensions().size() != 4 || yd[0] != xd[0] ||
+      yd[3] != xd[3] || kh < 1 || kw < 1 || sh < 1 || sw < 1)
+    return ffi::Error::InvalidArgument("zoo max-pool gradient: shapes do not fit");
+  const Pool p{xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, pt, pl};
+  const int64_t n = xd[0], in_size = p.h * p.w * p.c, out_size = p.ho * p.wo * p.c;
+  const float* xs = x.typed_data();
+  const float* ys = y.typed_data();
+  const float* gs = g.typed_data();
+  float* out = dx->typed_data();
+  zoo_native::parallel_parts(pool, n, [&](int64_t image) {
+    float* d = out + image * in_size;
+    std::fill(d, d + in_size, 0.0f);
+    const float* xi = xs + image * in_size;
+    const float* yi = ys + image * out_size;
+    const float* gi = gs + image * out_size;
+    for (int64_t oh = 0; oh < p.ho; ++oh)
+      for (int64_t ow = 0; ow < p.wo; ++ow)
+        for (int64_t c0 = 0; c0 < p.c; c0 += 16)
+          route(p, xi, yi, gi, d, oh, ow, c0, static_cast<int>(std::min<int64_t>(16, p.c - c0)));
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPoolGrad, MaxPoolGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
