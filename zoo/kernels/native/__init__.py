@@ -10,13 +10,15 @@
 - ``maxpool.cc``: max pooling's gradient, each window read once and ``dx`` written once,
   where the XLA form pads the input and accumulates one plane per window offset.
 
-Both give the same bits on every run and thread count (docs/benchmarks.md, "The weight
-gradient in C++"). The library is built once per machine, the first time a program needs it, with the C++
-compiler at hand (``$CXX``, else ``c++``/``g++``/``clang++``) for this CPU (``-march=native``),
-against the FFI headers jaxlib ships, and kept in ``$ZOO_CACHE/native`` (default
-``~/.cache/zoo/native``) under a name that hashes the source, the compiler, the flags,
-jaxlib and the CPU. It is written atomically. Where it cannot be built, :func:`available`
-says why and the convolutions keep XLA's weight gradient (one warning says so).
+Each gives the same bits on every run and thread count (docs/benchmarks.md, "The weight
+gradient, BatchNorm's sums and the max-pool gradient in C++").
+
+The library is built once per machine, the first time a gradient or a training BatchNorm is
+traced, with the C++ compiler at hand (``$CXX``, else ``c++``/``g++``/``clang++``) for this
+CPU (``-march=native``), against the FFI headers jaxlib ships, and kept in
+``$ZOO_CACHE/native`` (default ``~/.cache/zoo/native``) under a name that hashes the
+sources, the compiler, the flags, jaxlib and the CPU. It is written atomically. Where it
+cannot be built, :func:`available` says why and the XLA forms run (one warning says so).
 """
 from __future__ import annotations
 
@@ -36,22 +38,23 @@ import numpy as np
 
 from ...machine import cpuinfo
 
-SOURCES = tuple(os.path.join(os.path.dirname(__file__), f) for f in ("wgrad.cc", "bnsums.cc", "maxpool.cc"))
-HEADERS = (os.path.join(os.path.dirname(__file__), "parts.h"),)
+_HERE = os.path.dirname(__file__)
+SOURCES = tuple(os.path.join(_HERE, f) for f in ("wgrad.cc", "bnsums.cc", "maxpool.cc"))
+HEADERS = (os.path.join(_HERE, "parts.h"),)
 #: FFI target name -> the handler's symbol in the library.
 TARGETS = {"zoo_conv_weight_grad": "ZooConvWeightGrad", "zoo_batch_stats": "ZooBatchStats",
            "zoo_grad_sums": "ZooGradSums", "zoo_max_pool_grad": "ZooMaxPoolGrad"}
-TARGET = "zoo_conv_weight_grad"
+TARGET = "zoo_conv_weight_grad"   # the weight gradient's
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-#: The dtypes the kernel takes.
+#: The dtypes the kernels take.
 DTYPES = (jnp.dtype(jnp.float32),)
-#: The kernel's output channels come in vectors of 16; others are padded with zeros.
+#: The weight gradient's output channels come in vectors of 16; others are padded with zeros.
 LANES = 16
 _COMPILE_TIMEOUT_S = 300
 
 
 class NativeUnavailable(RuntimeError):
-    """The kernel library could not be built or loaded here; the message says why."""
+    """The kernels' library could not be built or loaded here; the message says why."""
 
 
 def cache_directory() -> str:
@@ -128,7 +131,8 @@ _registered: list = []   # the library whose handlers this process registered
 
 @functools.lru_cache(maxsize=1)
 def _load() -> str | None:
-    """Build (if needed), load and register the kernel once per process: None, or why not."""
+    """Build (if needed), load and register the kernels once per process: None, or why
+    not."""
     try:
         cxx = compiler()
         path = library_path(cxx)
@@ -149,8 +153,8 @@ def _load() -> str | None:
 
 
 def available() -> bool:
-    """Whether the kernel runs here (built and loaded on first call); :func:`why_not` says
-    why not."""
+    """Whether the kernels run here (built and loaded on the first call); :func:`why_not`
+    says why not."""
     return _load() is None
 
 
