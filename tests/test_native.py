@@ -220,3 +220,49 @@ def test_max_pool_gradient_routes_as_the_xla_form(shape, window, stride, padding
     bf16 = jax.jit(lambda x: jax.vjp(lambda x_: pool.apply({}, {}, x_, train=True)[0], x)[1](
         g.astype(jnp.bfloat16))[0]).lower(x.astype(jnp.bfloat16)).as_text()
     assert "zoo_max_pool_grad" not in bf16           # float32 only
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, rounding", [
+    ((2, 30, 30, 3), (7, 7, 3, 64), 2, 3, "floor"),     # a stem
+    ((2, 21, 20, 5), (5, 3, 5, 20), (1, 1), (2, 1), "floor"),   # asymmetric; 20 = 16 + 4
+    ((1, 31, 31, 3), (11, 11, 3, 80), 4, 2, "floor"),   # AlexNet's stride; 64 + 16 channels
+])
+def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding, rounding):
+    x, w = normal(15, x_shape), normal(16, w_shape) * 0.1
+    stride, padding = zoo.kernels.pair(stride), zoo.kernels.pair(padding)
+    want = conv2d(x, w, stride=stride, padding=padding, rounding=rounding, impl="xla")
+    pads = tuple(map(tuple, zoo.kernels.padding_pairs(x_shape, w_shape[:2], stride, padding,
+                                                      (1, 1), want.shape[1:3])))
+    got = jax.jit(native.conv, static_argnums=(2, 3, 4))(x, w, stride, pads, want.shape[1:3])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                               atol=2e-6 * float(jnp.max(jnp.abs(want))))
+    if stride == (1, 1):
+        dy = normal(17, want.shape)
+        dx = jax.jit(native.input_grad, static_argnums=(2, 3))(dy, w, pads, x_shape[1:3])
+        ref = jax.vjp(lambda x_: conv2d(x_, w, stride=stride, padding=padding,
+                                        rounding=rounding, impl="xla"), x)[1](dy)[0]
+        np.testing.assert_allclose(np.asarray(dx), np.asarray(ref), rtol=0,
+                                   atol=2e-6 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_policy_gives_the_compiled_forward_to_image_convs_and_64_channel_maps():
+    p = ConvPolicy()
+    def g(x, w, out, stride=(1, 1), dtype=jnp.float32):
+        return ConvGeometry(x, w, stride, (1, 1), 1, out, dtype)
+    assert p.native_forward(g((8, 224, 224, 3), (7, 7, 3, 64), (112, 112), (2, 2)))   # stems
+    assert p.native_forward(g((8, 224, 224, 3), (3, 3, 3, 64), (224, 224)))   # any map
+    assert p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)))
+    assert p.native_forward(g((8, 112, 112, 64), (3, 3, 64, 64), (112, 112)))
+    assert not p.native_forward(g((8, 224, 224, 64), (3, 3, 64, 64), (224, 224)))  # VGG's
+    assert not p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 192), (56, 56)))   # wide
+    assert not p.native_forward(g((8, 14, 14, 64), (3, 3, 64, 64), (14, 14)))    # small map
+    assert not p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56), dtype=jnp.bfloat16))
+    assert not p.for_loop_body().native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)))
+    for off in (p.replace(native_forward_max_map=0), p.replace(native=False), ConvPolicy.xla()):
+        assert not off.native_forward(g((8, 224, 224, 3), (7, 7, 3, 64), (112, 112), (2, 2)))
+    # in a model: ResNet-18's stem and layer1 at 224 (forward and, at stride 1, dx)
+    m = zoo.create("resnet18", num_classes=10)
+    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    v = m.abstract_init((2, 224, 224, 3))[0]
+    text = jax.jit(lambda p, s, x: m.apply(p, s, x)[0]).lower(v["params"], v["state"], x).as_text()
+    assert text.count("@zoo_conv(") == 5                           # stem + 4 in layer1

@@ -63,7 +63,7 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
                 continue
         elif name == "no_native_grad":
             calls = convs_of(model, input_shape, train=True, dtype=DTYPES[dtype])
-            if not any(c.native_grad and c.policy.choose(c.geometry, True) in custom
+            if not any(c.native and c.policy.choose(c.geometry, True) in custom
                        and custom[c.policy.choose(c.geometry, True)].weight_grad == "xla"
                        for c in calls):
                 continue

@@ -13,7 +13,9 @@ traced layer. All of them give XLA's values and gradients within float tolerance
   ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im).
 
 Where the policy asks (``native_grad_min_map``: big float32 maps), the custom convs whose
-weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead.
+weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead;
+those whose forward would be XLA's take the compiled forward on image convs and 64-channel
+maps (``native_forward_max_map``), and with it the stride-1 input gradient.
 """
 from __future__ import annotations
 
@@ -213,16 +215,18 @@ class CustomConv(NamedTuple):
     """The static part of a custom-VJP convolution."""
     geom: Geom
     out_hw: tuple
-    forward: str       # 'xla', 'taps' or 'winograd'
+    forward: str       # 'xla', 'native' (zoo.kernels.native, else XLA's), 'taps', 'winograd'
     input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
-                       # 'phases' (stride**2 stride-1 convs), 'cols' (dy @ W^T, col2im),
-                       # 'autodiff'
+                       # 'native' (that conv compiled, stride 1), 'phases' (stride**2
+                       # stride-1 convs), 'cols' (dy @ W^T, col2im), 'autodiff'
     weight_grad: str   # 'matmul', 'native' (zoo.kernels.native, else XLA's) or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
     store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
 
 
 def _custom_primal(x, w, meta: CustomConv):
+    if meta.forward == "native" and native.usable():
+        return native.conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw).astype(x.dtype)
     if meta.forward == "taps":
         return _taps_conv(x, w, meta.geom, meta.out_hw)
     if meta.forward == "winograd":
@@ -244,7 +248,9 @@ def _custom_bwd(meta: CustomConv, res, dy):
         dx = phase_input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3])
     elif meta.input_grad == "cols":
         dx = cols_input_grad(dy.astype(x.dtype), w, geom, x.shape, meta.out_hw)
-    elif meta.input_grad in ("conv", "winograd"):
+    elif meta.input_grad == "native" and native.usable():
+        dx = native.input_grad(dy, w, geom.pads, x.shape[1:3])
+    elif meta.input_grad in ("conv", "winograd", "native"):
         dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
                         by_winograd=meta.input_grad == "winograd")
     else:
@@ -350,9 +356,13 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         if grad is None:
             grad = "conv" if policy.input_grad == "conv" or policy.loop_body else "autodiff"
         store = policy.store_input if recipe.store_input is None else recipe.store_input
-        wgrad = recipe.weight_grad
+        forward, wgrad = recipe.forward, recipe.weight_grad
         if wgrad == "xla" and policy.native_grad(g):
             wgrad = "native"   # built (or found unbuildable) when a gradient is traced
-        y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), recipe.forward, grad,
+        if forward == "xla" and policy.native_forward(g):
+            forward = "native"
+            if grad in ("conv", "autodiff") and g.stride == (1, 1):
+                grad = "native"
+        y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), forward, grad,
                                           wgrad, int(policy.chunk_bytes), bool(store)))
     return y.astype(x.dtype)

@@ -121,6 +121,11 @@ class ConvPolicy:
     #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
     #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
     native_grad_min_map: int = 400
+    #: custom convs with XLA's forward take the compiled forward (and, at stride 1, input
+    #: gradient) on maps from native_grad_min_map up to this many pixels with at most 64
+    #: output channels, and image convs (<= 4 input channels) on any map from that floor; 0:
+    #: never.
+    native_forward_max_map: int = 12544
     #: other convs keep their input as a stored buffer for XLA's weight gradient ('xla+stored').
     store_input: bool = True
     #: Winograd F(2x2, 3x3) where a (max output pixels, min channels in and out) pair admits.
@@ -158,14 +163,15 @@ class ConvPolicy:
                                  f"must be one of {IMPLS}")
         object.__setattr__(self, "tuned", tuple(sorted(table)))
         for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
-                     "native_grad_min_map", "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
+                     "native_grad_min_map", "native_forward_max_map", "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ConvPolicy.{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def xla(cls) -> "ConvPolicy":
-        """Every convolution XLA's own, on every backend."""
-        return cls(impl="xla")
+        """Every convolution XLA's own, on every backend, and no compiled kernel (the
+        portable program: what accelerators and exported programs get)."""
+        return cls(impl="xla", native=False)
 
     def replace(self, **changes) -> "ConvPolicy":
         """A copy with ``changes``; an unknown field is an error that lists the fields."""
@@ -236,6 +242,13 @@ class ConvPolicy:
         return (self.native and bool(self.native_grad_min_map)
                 and g.pixels >= self.native_grad_min_map and self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
                 and jnp.dtype(g.dtype) in NATIVE_DTYPES)
+
+    def native_forward(self, g: ConvGeometry) -> bool:
+        """Whether a custom conv of ``g`` with XLA's forward asks for the compiled forward."""
+        if not (self.native_grad(g) and self.native_forward_max_map) or self.loop_body:
+            return False
+        return g.x_shape[3] <= 4 or (g.w_shape[3] <= 64
+                                     and g.pixels <= self.native_forward_max_map)
 
     def native_for(self, dtype) -> bool:
         """Whether a layer on ``dtype`` inputs asks for a compiled kernel (BatchNorm's sums,

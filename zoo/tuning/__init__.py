@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 from . import cache
 from .measure import (INPUT_GRAD_FORMS, ConvCall, convs_of, conv_program, interleaved,
-                      model_program, native_grad_here, paired_ratio, summarise)
+                      model_program, native_here, paired_ratio, summarise)
 
 #: interleaved rounds of a whole-model comparison at least (one conv moves a step by little)
 MODEL_ROUNDS = 7
@@ -40,14 +40,14 @@ def stale(key: str, entry: dict, needs_dx: bool | None = None) -> bool:
     with XLA's forward). The two input-gradient forms are asked for where the verdict timed
     the input gradient (``needs_dx`` in the entry; before it was recorded: where it holds
     either form), or where the caller's conv ``needs_dx`` (a verdict for the image's conv,
-    which has no input gradient, does not hold for a conv that has one). A train verdict
-    timed with XLA's weight gradient is stale where the compiled one now runs
-    (``native_grad``). A key that names no geometry is stale too: nothing looks it up."""
+    which has no input gradient, does not hold for a conv that has one). A verdict timed
+    with XLA's forms is stale where one of zoo's compiled kernels now runs in the custom
+    convs (``native``). A key that names no geometry is stale too: nothing looks it up."""
     try:
         g, train = ConvGeometry.from_key(key)
     except ValueError:
         return True
-    if native_grad_here(g, train) and not entry.get("native_grad", False):
+    if native_here(g, train) and not entry.get("native", False):
         return True
     seconds = set(entry.get("seconds", {}))
     timed_dx = entry.get("needs_dx", bool(seconds & set(INPUT_GRAD_FORMS)))
@@ -203,7 +203,7 @@ def tune(model, input_shape, *, train: bool = False, dtype=jnp.float32, rounds: 
             spread = {impl: s[1:] for impl, s in stats.items()}
         winner = _choose(call, seconds, margin)
         entries[call.key] = dict(impl=winner, default=call.default_impl(), where=call.where,
-                                 needs_dx=call.needs_dx, native_grad=call.native_grad,
+                                 needs_dx=call.needs_dx, native=call.native,
                                  seconds=seconds, spread=spread,
                                  rounds=0 if timings else rounds, measured=when)
     if progress and todo:

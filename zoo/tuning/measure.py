@@ -21,10 +21,13 @@ from ..kernels.policy import ConvGeometry, ConvPolicy, candidates
 INPUT_GRAD_FORMS = ("xla+phases", "xla+colgrad")
 
 
-def native_grad_here(g: ConvGeometry, train: bool, policy: ConvPolicy | None = None) -> bool:
-    """Whether a train step's custom convs of ``g`` take zoo's compiled weight gradient
-    under ``policy`` (default ``ConvPolicy()``) on this machine."""
-    return train and (policy or ConvPolicy()).native_grad(g) and native.available()
+def native_here(g: ConvGeometry, train: bool, policy: ConvPolicy | None = None) -> bool:
+    """Whether the custom convs of ``g`` take one of zoo's compiled kernels under ``policy``
+    (default ``ConvPolicy()``) on this machine: the forward, or in a train step the weight
+    gradient."""
+    policy = policy or ConvPolicy()
+    asks = policy.native_forward(g) or (train and policy.native_grad(g))
+    return asks and native.available()
 
 
 class ConvCall(NamedTuple):
@@ -44,10 +47,9 @@ class ConvCall(NamedTuple):
         return self.geometry.key(self.train)
 
     @property
-    def native_grad(self) -> bool:
-        """Whether its custom convs take the compiled weight gradient here (a train step,
-        the policy asks, the kernel runs)."""
-        return native_grad_here(self.geometry, self.train, self.policy)
+    def native(self) -> bool:
+        """Whether its custom convs take a compiled kernel here (:func:`native_here`)."""
+        return native_here(self.geometry, self.train, self.policy)
 
     def default_impl(self) -> str:
         """What the hand-tuned rules run it as."""
