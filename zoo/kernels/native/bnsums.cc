@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
-#include "parts.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 

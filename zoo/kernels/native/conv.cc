@@ -12,25 +12,20 @@
 #include <cstring>
 
 #include "xla/ffi/api/ffi.h"
-#include "parts.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
+using zoo_native::Geometry;
+using zoo_native::load16;
+using zoo_native::store16;
+using zoo_native::v16;
 
-inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
 
-struct Geometry {
-  int64_t n, hp, wp, c;   // padded input
-  int64_t ho, wo, k;      // output
-  int64_t r, s;           // kernel
-  int64_t sh, sw;         // stride
-};
 
 // y[row, w0 : w0 + MR, k0 : k0 + 16 NV]
 template <int MR, int NV>
@@ -93,8 +88,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
     return ffi::Error::InvalidArgument("zoo convolution: operands must be 4-D");
   auto xd = xp.dimensions(), wd = wt.dimensions(), yd = y->dimensions();
   const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], sh, sw};
-  if (g.k % 16 != 0 || wd[2] != g.c || wd[3] != g.k || yd[0] != g.n || sh < 1 || sw < 1 ||
-      (g.ho - 1) * sh + g.r > g.hp || (g.wo - 1) * sw + g.s > g.wp)
+  if (!zoo_native::fits(g, wd[2], wd[3], yd[0]))
     return ffi::Error::InvalidArgument(
         "zoo convolution: shapes do not fit (K a multiple of 16, the padded input covering "
         "every window)");
@@ -112,11 +106,4 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw"));
+ZOO_CONV_HANDLER(ZooConvForward, Forward);

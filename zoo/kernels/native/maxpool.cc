@@ -12,17 +12,17 @@
 #include <cstring>
 
 #include "xla/ffi/api/ffi.h"
-#include "parts.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t m16 __attribute__((vector_size(64)));
+using zoo_native::load16;
+using zoo_native::m16;
+using zoo_native::store16;
+using zoo_native::v16;
 
-inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 struct Pool {
   int64_t h, w, c, ho, wo, kh, kw, sh, sw, pt, pl;

@@ -14,17 +14,17 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
-#include "parts.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// 16 floats: one AVX-512 register, two AVX ones; the compiler picks from -march.
-typedef float v16 __attribute__((vector_size(64)));
+using zoo_native::Geometry;
+using zoo_native::load16;
+using zoo_native::store16;
+using zoo_native::v16;
 
-inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 constexpr int kRows = 6;             // window values per register tile
 constexpr int kVectors = 4;          // 64 output channels per register tile
@@ -32,12 +32,6 @@ constexpr int64_t kChunk = 512;      // output positions per chunk: xp and dy ro
 constexpr int64_t kParts = 16;       // copies of dW summed at the end, at most ...
 constexpr int64_t kPartsBytes = 64 << 20;   // ... and at most this many bytes of them
 
-struct Geometry {
-  int64_t n, hp, wp, c;   // padded input
-  int64_t ho, wo, k;      // output gradient
-  int64_t r, s;           // kernel
-  int64_t sh, sw;         // stride
-};
 
 // out[0:MR, 0:16*NV] (row stride k) += the products of output rows [row0, row1)
 template <int MR, int NV>
@@ -107,8 +101,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
     return ffi::Error::InvalidArgument("zoo weight gradient: operands must be 4-D");
   auto xd = xp.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
   const Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], sh, sw};
-  if (g.k % 16 != 0 || wd[2] != g.c || wd[3] != g.k || gd[0] != g.n || sh < 1 || sw < 1 ||
-      (g.ho - 1) * sh + g.r > g.hp || (g.wo - 1) * sw + g.s > g.wp)
+  if (!zoo_native::fits(g, wd[2], wd[3], gd[0]))
     return ffi::Error::InvalidArgument(
         "zoo weight gradient: shapes do not fit (K a multiple of 16, the padded input "
         "covering every window)");
@@ -141,11 +134,4 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw"));
+ZOO_CONV_HANDLER(ZooConvWeightGrad, WeightGrad);

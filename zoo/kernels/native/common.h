@@ -1,0 +1,94 @@
+// What the kernels share: 16-float vectors, the convolutions' geometry and FFI binding, and
+// work split into parts run on XLA's thread pool and the calling thread.
+#ifndef ZOO_KERNELS_NATIVE_COMMON_H_
+#define ZOO_KERNELS_NATIVE_COMMON_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace zoo_native {
+
+// 16 floats: one AVX-512 register, two AVX ones; the compiler picks from -march.
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t m16 __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+// A convolution over the padded input: its shapes and stride.
+struct Geometry {
+  int64_t n, hp, wp, c;   // padded input
+  int64_t ho, wo, k;      // output (or output gradient)
+  int64_t r, s;           // kernel
+  int64_t sh, sw;         // stride
+};
+
+// Whether g's windows fit: whole vectors of output channels, the padded input covering
+// every window, (r, s, c, k) the kernel's shape.
+inline bool fits(const Geometry& g, int64_t kernel_c, int64_t kernel_k, int64_t batch) {
+  return g.k % 16 == 0 && kernel_c == g.c && kernel_k == g.k && batch == g.n && g.sh >= 1 &&
+         g.sw >= 1 && (g.ho - 1) * g.sh + g.r <= g.hp && (g.wo - 1) * g.sw + g.s <= g.wp;
+}
+
+// Runs body(part) for every part in [0, parts), each once, on the pool's threads and the
+// calling thread (which takes every part itself when the pool is busy), and returns when all
+// have run. What each part computes is fixed by the caller, never by which thread runs it.
+// The shared state is held by every scheduled task: a task that starts after the call
+// returned finds it closed and touches nothing else.
+template <typename F>
+void parallel_parts(xla::ffi::ThreadPool& pool, int64_t parts, F body) {
+  struct Work {
+    std::atomic<int64_t> next{0};
+    int slots = 0, done = 0;
+    bool closed = false;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto work = std::make_shared<Work>();
+  const int workers =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, parts)));
+  auto fn = std::make_shared<F>(body);
+  auto run = [work, fn, parts, workers]() {
+    {
+      std::lock_guard<std::mutex> lock(work->mu);
+      if (work->closed || work->slots >= workers) return;
+      work->slots++;
+    }
+    for (;;) {
+      const int64_t p = work->next.fetch_add(1);
+      if (p >= parts) break;
+      (*fn)(p);
+    }
+    std::lock_guard<std::mutex> lock(work->mu);
+    work->done++;
+    work->cv.notify_all();
+  };
+  for (int i = 1; i < workers; ++i) pool.Schedule([run]() { run(); });
+  run();
+  std::unique_lock<std::mutex> lock(work->mu);
+  work->cv.wait(lock, [&] { return work->done == work->slots; });
+  work->closed = true;
+}
+
+}  // namespace zoo_native
+
+// A handler over two float32 buffers and a stride, returning one buffer (the convolution
+// and its weight gradient).
+#define ZOO_CONV_HANDLER(symbol, fn)                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                   \
+                                xla::ffi::Ffi::Bind()         \
+                                    .Ctx<xla::ffi::ThreadPool>()               \
+                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>()    \
+                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>()    \
+                                    .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    \
+                                    .Attr<int64_t>("sh")                       \
+                                    .Attr<int64_t>("sw"))
+
+#endif  // ZOO_KERNELS_NATIVE_COMMON_H_
