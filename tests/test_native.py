@@ -208,7 +208,9 @@ def test_max_pool_gradient_routes_as_the_xla_form(shape, window, stride, padding
 
     def grad(policy):
         def run(x):
-            return jax.vjp(lambda x_: pool.apply({}, {}, x_, train=True, policy=policy)[0], x)[1](g)[0]
+            def f(x_):
+                return pool.apply({}, {}, x_, train=True, policy=policy)[0]
+            return jax.vjp(f, x)[1](g)[0]
         step = jax.jit(run)
         return step(x), step.lower(x).as_text()
 

@@ -163,7 +163,8 @@ class ConvPolicy:
                                  f"must be one of {IMPLS}")
         object.__setattr__(self, "tuned", tuple(sorted(table)))
         for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
-                     "native_grad_min_map", "native_forward_max_map", "winograd_min_map", "winograd_min_tiles", "scan_min_run"):
+                     "native_grad_min_map", "native_forward_max_map", "winograd_min_map",
+                     "winograd_min_tiles", "scan_min_run"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ConvPolicy.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -240,8 +241,8 @@ class ConvPolicy:
         """Whether a custom conv of ``g`` asks for the compiled weight gradient (whether it
         runs here is :func:`zoo.kernels.native.available`)."""
         return (self.native and bool(self.native_grad_min_map)
-                and g.pixels >= self.native_grad_min_map and self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
-                and jnp.dtype(g.dtype) in NATIVE_DTYPES)
+                and g.pixels >= self.native_grad_min_map and self.active() and g.groups == 1
+                and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) in NATIVE_DTYPES)
 
     def native_forward(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` with XLA's forward asks for the compiled forward."""

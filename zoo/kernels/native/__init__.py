@@ -43,12 +43,13 @@ import numpy as np
 from ...machine import cpuinfo
 
 _HERE = os.path.dirname(__file__)
-SOURCES = tuple(os.path.join(_HERE, f) for f in ("conv.cc", "wgrad.cc", "bnsums.cc",
-                                                     "maxpool.cc"))
+SOURCES = tuple(os.path.join(_HERE, f)
+                for f in ("conv.cc", "wgrad.cc", "bnsums.cc", "maxpool.cc"))
 HEADERS = (os.path.join(_HERE, "common.h"),)
 #: FFI target name -> the handler's symbol in the library.
-TARGETS = {"zoo_conv": "ZooConvForward", "zoo_conv_weight_grad": "ZooConvWeightGrad", "zoo_batch_stats": "ZooBatchStats",
-           "zoo_grad_sums": "ZooGradSums", "zoo_max_pool_grad": "ZooMaxPoolGrad"}
+TARGETS = {"zoo_conv": "ZooConvForward", "zoo_conv_weight_grad": "ZooConvWeightGrad",
+           "zoo_batch_stats": "ZooBatchStats", "zoo_grad_sums": "ZooGradSums",
+           "zoo_max_pool_grad": "ZooMaxPoolGrad"}
 TARGET = "zoo_conv_weight_grad"   # the weight gradient's
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 #: The dtypes the kernels take.

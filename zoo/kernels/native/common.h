@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -30,11 +31,21 @@ struct Geometry {
   int64_t sh, sw;         // stride
 };
 
-// Whether g's windows fit: whole vectors of output channels, the padded input covering
-// every window, (r, s, c, k) the kernel's shape.
-inline bool fits(const Geometry& g, int64_t kernel_c, int64_t kernel_k, int64_t batch) {
-  return g.k % 16 == 0 && kernel_c == g.c && kernel_k == g.k && batch == g.n && g.sh >= 1 &&
-         g.sw >= 1 && (g.ho - 1) * g.sh + g.r <= g.hp && (g.wo - 1) * g.sw + g.s <= g.wp;
+// g from the padded input's dims, the kernel's (R, S, C, K) and the output's (N, Ho, Wo, K),
+// or an error naming `what`: 4-D operands, whole vectors of output channels, the padded
+// input covering every window.
+template <typename Dims>
+xla::ffi::Error read_geometry(const char* what, Dims xd, Dims kd, Dims od, int64_t sh,
+                              int64_t sw, Geometry& g) {
+  if (xd.size() != 4 || kd.size() != 4 || od.size() != 4)
+    return xla::ffi::Error::InvalidArgument(std::string(what) + ": operands must be 4-D");
+  g = Geometry{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], kd[0], kd[1], sh, sw};
+  if (g.k % 16 != 0 || kd[2] != g.c || kd[3] != g.k || od[0] != g.n || sh < 1 || sw < 1 ||
+      (g.ho - 1) * sh + g.r > g.hp || (g.wo - 1) * sw + g.s > g.wp)
+    return xla::ffi::Error::InvalidArgument(
+        std::string(what) + ": shapes do not fit (K a multiple of 16, the padded input "
+        "covering every window)");
+  return xla::ffi::Error::Success();
 }
 
 // Runs body(part) for every part in [0, parts), each once, on the pool's threads and the

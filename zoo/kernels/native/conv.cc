@@ -83,15 +83,10 @@ void output_row(const Geometry& g, const float* xp, const float* w, int64_t row,
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> wt,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw) {
-  if (xp.dimensions().size() != 4 || wt.dimensions().size() != 4 ||
-      y->dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("zoo convolution: operands must be 4-D");
-  auto xd = xp.dimensions(), wd = wt.dimensions(), yd = y->dimensions();
-  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], sh, sw};
-  if (!zoo_native::fits(g, wd[2], wd[3], yd[0]))
-    return ffi::Error::InvalidArgument(
-        "zoo convolution: shapes do not fit (K a multiple of 16, the padded input covering "
-        "every window)");
+  Geometry g;
+  const ffi::Error bad = zoo_native::read_geometry("zoo convolution", xp.dimensions(),
+                                                   wt.dimensions(), y->dimensions(), sh, sw, g);
+  if (bad.failure()) return bad;
   const int64_t total = g.n * g.ho;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
   const float* x = xp.typed_data();

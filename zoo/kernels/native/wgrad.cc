@@ -96,15 +96,10 @@ void chunk(const Geometry& g, const float* xp, const float* dy, int64_t row0, in
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                       ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
                       int64_t sw) {
-  if (xp.dimensions().size() != 4 || dy.dimensions().size() != 4 ||
-      dw->dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("zoo weight gradient: operands must be 4-D");
-  auto xd = xp.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
-  const Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], sh, sw};
-  if (!zoo_native::fits(g, wd[2], wd[3], gd[0]))
-    return ffi::Error::InvalidArgument(
-        "zoo weight gradient: shapes do not fit (K a multiple of 16, the padded input "
-        "covering every window)");
+  Geometry g;
+  const ffi::Error bad = zoo_native::read_geometry("zoo weight gradient", xp.dimensions(),
+                                                   dw->dimensions(), dy.dimensions(), sh, sw, g);
+  if (bad.failure()) return bad;
   const int64_t size = g.r * g.s * g.c * g.k;
   const int64_t total = g.n * g.ho;
   // The output rows split into a number of parts fixed by the shapes alone, each summed in
