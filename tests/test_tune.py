@@ -373,9 +373,6 @@ def test_a_verdict_without_the_input_gradient_does_not_hold_for_a_conv_that_has_
 
 
 def test_a_verdict_timed_with_xlas_forms_is_measured_again_where_zoos_kernels_run(tune_cache):
-    from zoo.kernels import native
-    if not native.available():
-        pytest.skip(f"the native kernels do not build here: {native.why_not()}")
     quiet = dict(log=lambda m: 0, progress=False)
     resnet = zoo.create("resnet18", num_classes=10)
     shape = (2, 64, 64, 3)        # the stem's output map: 32x32, over native_grad_min_map

@@ -25,7 +25,8 @@ LEVER_VARIANTS = {
     "no_input_grad": ({"input_grad": "autodiff"}, ("train",)),
     "no_store_input": ({"store_input": False}, ("train",)),
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
-    "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),  # XLA's weight gradients
+    # XLA's conv forms: the compiled forward needs the weight gradient's floor too
+    "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),
     "no_native": ({"native": False}, ("train",)),   # no compiled kernel at all
     "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }

@@ -19,7 +19,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using zoo_native::parallel_parts;
+using namespace zoo_native;
 
 constexpr int64_t kParts = 16;     // parts of the rows, at most
 constexpr int64_t kMinRows = 256;  // rows per part, at least

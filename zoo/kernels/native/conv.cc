@@ -18,11 +18,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using zoo_native::Geometry;
-using zoo_native::load16;
-using zoo_native::store16;
-using zoo_native::v16;
-
+using namespace zoo_native;
 
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
 

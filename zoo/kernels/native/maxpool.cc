@@ -18,11 +18,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using zoo_native::load16;
-using zoo_native::m16;
-using zoo_native::store16;
-using zoo_native::v16;
-
+using namespace zoo_native;
 
 struct Pool {
   int64_t h, w, c, ho, wo, kh, kw, sh, sw, pt, pl;

@@ -20,11 +20,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using zoo_native::Geometry;
-using zoo_native::load16;
-using zoo_native::store16;
-using zoo_native::v16;
-
+using namespace zoo_native;
 
 constexpr int kRows = 6;             // window values per register tile
 constexpr int kVectors = 4;          // 64 output channels per register tile
