@@ -10,12 +10,15 @@ traced layer. All of them give XLA's values and gradients within float tolerance
 - custom VJPs (:data:`CUSTOM_CONVS`) that choose the forward, the input gradient and the
   weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``,
   ``'xla+phases'`` (a strided conv's input gradient without the zeros of the dilated ``dy``),
-  ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im).
+  ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im), ``'amx'``
+  (the bfloat16 forward on AMX tiles, :func:`.native.amx_conv`; XLA's gradients).
 
 Where the policy asks (``native_grad_min_map``: big float32 maps), the custom convs whose
 weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead;
 those whose forward would be XLA's take the compiled forward on image convs and 64-channel
-maps (``native_forward_max_map``), and with it the stride-1 input gradient.
+maps (``native_forward_max_map``), and with it the stride-1 input gradient. On a CPU with
+AMX tiles the policy gives bfloat16 convs ``'amx'`` (XLA:CPU computes bfloat16
+convolutions in float32).
 """
 from __future__ import annotations
 
@@ -215,7 +218,8 @@ class CustomConv(NamedTuple):
     """The static part of a custom-VJP convolution."""
     geom: Geom
     out_hw: tuple
-    forward: str       # 'xla', 'native' (zoo.kernels.native, else XLA's), 'taps', 'winograd'
+    forward: str       # 'xla', 'native' (zoo.kernels.native, else XLA's), 'amx' (its bfloat16
+                       # AMX kernel, else XLA's), 'taps', 'winograd'
     input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
                        # 'native' (that conv compiled, stride 1), 'phases' (stride**2
                        # stride-1 convs), 'cols' (dy @ W^T, col2im), 'autodiff'
@@ -227,6 +231,8 @@ class CustomConv(NamedTuple):
 def _custom_primal(x, w, meta: CustomConv):
     if meta.forward == "native" and native.usable():
         return native.conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw).astype(x.dtype)
+    if meta.forward == "amx" and native.usable() and native.amx_available():
+        return native.amx_conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw)
     if meta.forward == "taps":
         return _taps_conv(x, w, meta.geom, meta.out_hw)
     if meta.forward == "winograd":
@@ -239,6 +245,13 @@ def _custom_fwd(x, w, meta: CustomConv):
     if meta.store_input:
         x = stored(x)
     return _custom_primal(x, w, meta), (x, w)
+
+
+def _pull(f, arg, dy):
+    """``dy``'s pullback through ``f`` at ``arg``, ``dy`` cast to ``f``'s output type (a
+    forward that rounds to bfloat16 where XLA's accumulates in float32)."""
+    y, pull = jax.vjp(f, arg)
+    return pull(dy.astype(y.dtype))[0]
 
 
 def _custom_bwd(meta: CustomConv, res, dy):
@@ -254,14 +267,14 @@ def _custom_bwd(meta: CustomConv, res, dy):
         dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
                         by_winograd=meta.input_grad == "winograd")
     else:
-        dx = jax.vjp(lambda x_: xla_conv(x_, w, geom), x)[1](dy)[0]
+        dx = _pull(lambda x_: xla_conv(x_, w, geom), x, dy)
     if meta.weight_grad == "matmul":
         dw = _weight_grad_matmul(x, dy.astype(x.dtype), w.shape, geom, meta.out_hw,
                                  meta.chunk_bytes)
     elif meta.weight_grad == "native" and native.usable():
         dw = native.weight_grad(x, dy, w.shape[:2], geom.stride, geom.pads)
     else:
-        dw = jax.vjp(lambda w_: xla_conv(x, w_, geom), w)[1](dy)[0]
+        dw = _pull(lambda w_: xla_conv(x, w_, geom), w, dy)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -284,7 +297,8 @@ CUSTOM_CONVS = {"xla+mmgrad": Recipe("xla", None, "matmul", False),
                 "xla+stored": Recipe("xla", "autodiff", "xla", True),
                 "winograd": Recipe("winograd", "winograd", "xla", None),
                 "xla+phases": Recipe("xla", "phases", "xla", True),
-                "xla+colgrad": Recipe("xla", "cols", "xla", True)}
+                "xla+colgrad": Recipe("xla", "cols", "xla", True),
+                "amx": Recipe("amx", "autodiff", "xla", False)}
 
 
 def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
@@ -315,6 +329,13 @@ def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str, train=Fal
         return policy.choose(g, train) if isinstance(x, jax.core.Tracer) else "xla"
     if impl not in IMPLS:
         raise ValueError(f"conv impl must be one of {IMPLS} or 'auto', got {impl!r}")
+    if impl == "amx" and not (native.amx_here() and jnp.dtype(g.dtype) == jnp.bfloat16
+                              and g.groups == 1 and tuple(g.dilation) == (1, 1)):
+        raise ValueError(f"layer '{where}': conv impl 'amx' takes ungrouped, undilated "
+                         f"bfloat16 convs on a CPU with AMX tiles "
+                         f"({', '.join(native.AMX_FLAGS)}); got {jnp.dtype(g.dtype).name}, "
+                         f"groups {g.groups}, dilation {g.dilation}, AMX "
+                         f"{'here' if native.amx_here() else 'not on this CPU'}")
     if impl == "taps" and g.groups != 1:
         raise ValueError(f"layer '{where}': conv impl 'taps' takes ungrouped convs only")
     if impl == "xla+colgrad" and g.groups != 1:

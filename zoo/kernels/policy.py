@@ -15,13 +15,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .native import DTYPES as NATIVE_DTYPES
+from .native import DTYPES as NATIVE_DTYPES, amx_here
 from .winograd import tile_grid
 
 #: What :meth:`ConvPolicy.choose` may answer; every one gives XLA's values and gradients
 #: within float tolerance.
 IMPLS = ("xla", "im2col", "xla+stored", "xla+mmgrad", "taps", "winograd", "xla+phases",
-         "xla+colgrad")
+         "xla+colgrad", "amx")
 FORCED = ("auto", "xla", "im2col")
 
 
@@ -114,9 +114,10 @@ class ConvPolicy:
     mmgrad_min_map: int = 144
     #: bytes of the im2col buffer per step of the matmul weight gradient.
     chunk_bytes: int = 16 << 20
-    #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply, in float32: training
-    #: BatchNorm's sums, max pooling's gradient, and the weight gradient below; False:
-    #: XLA's forms only.
+    #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply: in float32 training
+    #: BatchNorm's sums, max pooling's gradient, and the convolutions below; in bfloat16 the
+    #: forward of every ungrouped, undilated conv on a CPU with AMX tiles; False: XLA's forms
+    #: only.
     native: bool = True
     #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
     #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
@@ -210,6 +211,8 @@ class ConvPolicy:
         """The hand-tuned rules below, tried in order (docs/benchmarks.md gives each one's
         measurements)."""
         kh, kw, cin_g, cout = g.w_shape
+        if self.native_amx(g) and amx_here():
+            return "amx"
         if g.pixels <= self.small_map:
             return "im2col"
         if g.groups == 1 and ((self.pointwise and kh == kw == 1)
@@ -251,6 +254,12 @@ class ConvPolicy:
         return g.x_shape[3] <= 4 or (g.w_shape[3] <= 64
                                      and g.pixels <= self.native_forward_max_map)
 
+    def native_amx(self, g: ConvGeometry) -> bool:
+        """Whether a conv of ``g`` asks for ``'amx'``, the bfloat16 forward on AMX tiles
+        (chosen where :func:`zoo.kernels.native.amx_here`; its gradients stay XLA's)."""
+        return (self.native and self.impl == "auto" and self.active() and g.groups == 1
+                and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) == jnp.bfloat16)
+
     def native_for(self, dtype) -> bool:
         """Whether a layer on ``dtype`` inputs asks for a compiled kernel (BatchNorm's sums,
         max pooling's gradient; whether they run here is
@@ -287,4 +296,7 @@ def candidates(g: ConvGeometry, train: bool = False) -> tuple:
         out.append("xla+phases")
     if train and g.groups == 1 and cols <= IM2COL_MAX_BYTES:
         out.append("xla+colgrad")
+    if (g.groups == 1 and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) == jnp.bfloat16
+            and amx_here()):
+        out.append("amx")
     return tuple(out)

@@ -107,7 +107,10 @@ def Dense(features: int, *, bias=True) -> Layer:
             raise ValueError(f"layer '{current_path()}': expects {w.shape[0]} input features, got "
                              f"input of shape {tuple(x.shape)}; was the model initialised for "
                              f"another input size?")
-        y = jnp.dot(x, w.astype(x.dtype))
+        # bfloat16 accumulating in float32 (the policy's): XLA:CPU computes a bfloat16-output
+        # dot in float32, converting the whole kernel on every call
+        acc = (policy or kernels.DEFAULT_POLICY).accumulation(x.dtype)
+        y = jnp.dot(x, w.astype(x.dtype), preferred_element_type=acc).astype(x.dtype)
         if bias:
             y = y + params["bias"].astype(y.dtype)
         return y, state

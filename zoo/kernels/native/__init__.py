@@ -12,7 +12,9 @@
   of its backward), each input read once, where XLA writes out ``(x - mean)^2`` and
   ``g * xhat`` for its products with a ones vector;
 - ``maxpool.cc``: max pooling's gradient, each window read once and ``dx`` written once,
-  where the XLA form pads the input and accumulates one plane per window offset.
+  where the XLA form pads the input and accumulates one plane per window offset;
+- ``amxconv.cc``: the bfloat16 convolution's forward on Intel's AMX tiles, on CPUs that have
+  them (:func:`amx_available`), where XLA:CPU converts bfloat16 convolutions to float32.
 
 Each gives the same bits on every run and thread count (docs/benchmarks.md, "The weight
 gradient, BatchNorm's sums and the max-pool gradient in C++").
@@ -44,12 +46,12 @@ from ...machine import cpuinfo
 
 _HERE = os.path.dirname(__file__)
 SOURCES = tuple(os.path.join(_HERE, f)
-                for f in ("conv.cc", "wgrad.cc", "bnsums.cc", "maxpool.cc"))
+                for f in ("conv.cc", "wgrad.cc", "bnsums.cc", "maxpool.cc", "amxconv.cc"))
 HEADERS = (os.path.join(_HERE, "common.h"),)
 #: FFI target name -> the handler's symbol in the library.
 TARGETS = {"zoo_conv": "ZooConvForward", "zoo_conv_weight_grad": "ZooConvWeightGrad",
            "zoo_batch_stats": "ZooBatchStats", "zoo_grad_sums": "ZooGradSums",
-           "zoo_max_pool_grad": "ZooMaxPoolGrad"}
+           "zoo_max_pool_grad": "ZooMaxPoolGrad", "zoo_amx_conv": "ZooAmxConvForward"}
 TARGET = "zoo_conv_weight_grad"   # the weight gradient's
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 #: The dtypes the kernels take.
@@ -112,7 +114,8 @@ def build(cxx: str, out: str, stream=None) -> None:
     leaves no file there)."""
     os.makedirs(os.path.dirname(out), exist_ok=True)
     print(f"zoo: compiling its CPU kernels (convolution, its weight gradient, BatchNorm's "
-          f"sums, max pooling's gradient) for this CPU, once per machine -> {out}",
+          f"sums, max pooling's gradient, bfloat16 convolution on AMX) for this CPU, once "
+          f"per machine -> {out}",
           file=stream or sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".kernels-", suffix=".so")
     os.close(fd)
@@ -133,6 +136,7 @@ def build(cxx: str, out: str, stream=None) -> None:
 
 
 _registered: list = []   # the library whose handlers this process registered
+_amx: list = []          # whether the loaded library runs AMX tiles in this process
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,6 +153,7 @@ def _load() -> str | None:
             handlers = {name: getattr(lib, symbol) for name, symbol in TARGETS.items()}
         except (OSError, AttributeError) as e:
             raise NativeUnavailable(f"{path} does not load ({e}); delete it to rebuild") from None
+        _amx[:] = [bool(lib.ZooAmxReady())]
         if not _registered:   # XLA takes a target's handler once per process
             for name, handler in handlers.items():
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
@@ -166,6 +171,24 @@ def available() -> bool:
 
 def why_not() -> str | None:
     return _load()
+
+
+#: /proc/cpuinfo flags the AMX convolution needs.
+AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def amx_here() -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles (its flags; builds nothing)."""
+    flags = set(cpuinfo().get("flags", "").split())
+    return all(f in flags for f in AMX_FLAGS)
+
+
+def amx_available() -> bool:
+    """Whether the bfloat16 AMX convolution runs here: the CPU has the tiles, the library
+    was built with them and the kernel was given the tile state (Linux's
+    ``ARCH_REQ_XCOMP_PERM``)."""
+    return amx_here() and available() and bool(_amx and _amx[0])
 
 
 _warned = []
@@ -204,20 +227,43 @@ def _padded(x, kernel_hw, stride, pads, out_hw):
     return jax.lax.pad(x.astype(jnp.float32), jnp.float32(0), cfg)
 
 
+def _whole_vectors(w, dtype):
+    """HWIO ``w`` as ``dtype``, its output channels padded with zeros to whole vectors of
+    :data:`LANES`."""
+    k = w.shape[3]
+    kp = -(-k // LANES) * LANES
+    w = w.astype(dtype)
+    return jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, kp - k))) if kp != k else w
+
+
 def conv(x, w, stride, pads, out_hw):
     """The NHWC x HWIO convolution (float32) with ``stride``, per-side ``pads`` and output
     map ``out_hw``."""
     _ready()
-    kh, kw, c, k = w.shape
-    kp = -(-k // LANES) * LANES
-    w = w.astype(jnp.float32)
-    if kp != k:
-        w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, kp - k)))
-    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kp), jnp.float32)
+    kh, kw, _, k = w.shape
+    w = _whole_vectors(w, jnp.float32)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32)
     y = jax.ffi.ffi_call("zoo_conv", out, vmap_method="sequential")(
         _padded(x, (kh, kw), stride, pads, out_hw), w, sh=np.int64(stride[0]),
         sw=np.int64(stride[1]))
-    return y[..., :k] if kp != k else y
+    return y[..., :k] if w.shape[3] != k else y
+
+
+def amx_conv(x, w, stride, pads, out_hw):
+    """The NHWC x HWIO convolution in bfloat16 on AMX tiles (float32 accumulation, one
+    rounding), with ``stride``, per-side ``pads`` (a negative bottom or right: a border the
+    floor rule never reads) and output map ``out_hw``."""
+    _ready()
+    if not amx_available():
+        raise NativeUnavailable("the AMX convolution does not run here (no AMX tiles on this "
+                                "CPU, or the tile state was refused)")
+    k = w.shape[3]
+    w = _whole_vectors(w, jnp.bfloat16)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.bfloat16)
+    y = jax.ffi.ffi_call("zoo_amx_conv", out, vmap_method="sequential")(
+        x.astype(jnp.bfloat16), w, sh=np.int64(stride[0]), sw=np.int64(stride[1]),
+        pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]))
+    return y[..., :k] if w.shape[3] != k else y
 
 
 def input_grad(dy, w, pads, in_hw):
