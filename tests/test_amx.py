@@ -132,3 +132,11 @@ def test_the_rules_ask_for_the_tiles_and_a_measured_verdict_overrides_them():
     assert ConvPolicy().choose(g) == ("amx" if here else "im2col")
     assert ConvPolicy(tuned=((g.key(), "im2col"),)).choose(g) == "im2col"
     assert ConvPolicy(native=False).choose(g) == "im2col"
+
+
+def test_the_benchmark_times_inference_without_the_tiles_where_they_run():
+    from zoo import bench
+    model = zoo.create("resnet18", num_classes=10)
+    variants = bench.lever_variants(model, "infer", (2, 32, 32, 3), "bfloat16")
+    assert ("no_native" in variants) == native.amx_here()
+    assert "no_native" in bench.lever_variants(model, "infer", (2, 32, 32, 3), "float32")

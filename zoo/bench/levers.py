@@ -27,7 +27,7 @@ LEVER_VARIANTS = {
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
     # XLA's conv forms: the compiled forward needs the weight gradient's floor too
     "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),
-    "no_native": ({"native": False}, ("train",)),   # no compiled kernel at all
+    "no_native": ({"native": False}, ("infer", "train")),   # no compiled kernel at all
     "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }
 
@@ -60,7 +60,8 @@ def lever_variants(model, mode: str, input_shape, dtype: str) -> dict:
             if not any(c[1] in custom and custom[c[1]].input_grad is None for c in base):
                 continue
         elif name == "no_native":
-            if dtype != "float32":
+            # float32: the compiled forward and gradients; bfloat16: the AMX forward
+            if not (dtype == "float32" or any(c[1] == "amx" for c in base)):
                 continue
         elif name == "no_native_grad":
             calls = convs_of(model, input_shape, train=True, dtype=DTYPES[dtype])

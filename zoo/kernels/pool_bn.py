@@ -34,11 +34,12 @@ def max_pool(x, window, strides, pads, compiled=False):
 
 
 def _reduce_max(x, geom):
-    """The forward. Stride 1: the maximum of the ``kh*kw`` shifted views of the padded
-    input, one fused elementwise pass, faster than XLA:CPU's reduce-window; strided pools
-    keep the reduce-window, which is faster there."""
+    """The forward. Stride 1, or any stride in a low-precision type: the maximum of the
+    ``kh*kw`` shifted views of the padded input, one fused elementwise pass, faster than
+    XLA:CPU's reduce-window (which takes a bfloat16 strided window 4x the time); strided
+    float32 pools keep the reduce-window, which is faster there."""
     (kh, kw), (sh, sw), pads = geom
-    if (sh, sw) != (1, 1):
+    if (sh, sw) != (1, 1) and jnp.dtype(x.dtype) == jnp.float32:
         return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, (1, kh, kw, 1),
                                      (1, sh, sw, 1), ((0, 0), *pads, (0, 0)))
     _, views = _window_views(x, geom)
