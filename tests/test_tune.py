@@ -388,6 +388,28 @@ def test_a_verdict_timed_with_xlas_forms_is_measured_again_where_zoos_kernels_ru
         assert stale(key, older) == entry["native"]          # measured again
 
 
+def test_xlas_own_convolution_is_a_candidate_where_the_compiled_forward_runs(tune_cache):
+    """In inference a custom conv with XLA's forward is XLA's convolution, unless zoo's
+    compiled forward takes it: then XLA's own is another program, measured beside it and
+    chosen where it is faster (CPUs differ)."""
+    quiet = dict(log=lambda m: 0, progress=False)
+    resnet = zoo.create("resnet18", num_classes=10)
+    shape = (2, 64, 64, 3)
+    calls = convs_of(resnet, shape)
+    stem = calls[0]
+    other = next(c for c in calls if c.default_impl() == "xla+stored" and c is not stem)
+    assert stem.native and not other.native
+    assert {"xla", "xla+stored"} <= set(stem.candidates())
+    assert "xla" not in other.candidates()
+    tuned = tune(resnet, shape, timings=lambda call, impl: 0.5 if impl == "xla" else 1.0,
+                 **quiet)
+    assert dict(tuned.tuned)[stem.key] == "xla"
+    entry = cache.load()[stem.key]
+    assert not stale(stem.key, entry)
+    assert stale(stem.key, dict(entry, seconds={k: v for k, v in entry["seconds"].items()
+                                                if k != "xla"}))
+
+
 def test_refresh_measures_again_and_keeps_the_rest(tune_cache):
     quiet = dict(log=lambda m: 0, progress=False)
     resnet, lenet = zoo.create("resnet18", num_classes=10), zoo.create("lenet5")

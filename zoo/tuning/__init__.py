@@ -42,7 +42,8 @@ def stale(key: str, entry: dict, needs_dx: bool | None = None) -> bool:
     either form), or where the caller's conv ``needs_dx`` (a verdict for the image's conv,
     which has no input gradient, does not hold for a conv that has one). A verdict timed
     with XLA's forms is stale where one of zoo's compiled kernels now runs in the custom
-    convs (``native``). A key that names no geometry is stale too: nothing looks it up."""
+    convs (``native``), and in inference where XLA's own convolution was not timed beside
+    the compiled forward. A key that names no geometry is stale too: nothing looks it up."""
     try:
         g, train = ConvGeometry.from_key(key)
     except ValueError:
@@ -50,6 +51,8 @@ def stale(key: str, entry: dict, needs_dx: bool | None = None) -> bool:
     if native_here(g, train) and not entry.get("native", False):
         return True
     seconds = set(entry.get("seconds", {}))
+    if not train and native_here(g, train) and "xla" not in seconds:
+        return True   # XLA's convolution was timed under the compiled forward's name
     timed_dx = entry.get("needs_dx", bool(seconds & set(INPUT_GRAD_FORMS)))
     needed = set(candidates(g, train)) - {"xla"}
     if not (timed_dx or needs_dx):

@@ -57,12 +57,16 @@ class ConvCall(NamedTuple):
 
     def candidates(self) -> tuple:
         """What can run it, one name per distinct program: in inference a custom conv with
-        XLA's forward is XLA's convolution, named as the rules name it; a conv whose input
-        gradient no one needs (the image's) leaves out the one that only changes that."""
+        XLA's forward is XLA's convolution, named as the rules name it (unless zoo's
+        compiled forward takes it: then both run); a conv whose input gradient no one needs
+        (the image's) leaves out the one that only changes that."""
         out = candidates(self.geometry, self.train)
         default = self.default_impl()
-        if not self.train and default in CUSTOM_CONVS and CUSTOM_CONVS[default].forward == "xla":
+        if (not self.train and default in CUSTOM_CONVS and CUSTOM_CONVS[default].forward == "xla"
+                and not self.native):
             out = tuple(default if i == "xla" else i for i in out)
+        elif not self.train and self.native and default not in out:
+            out = (*out, default)
         return out if self.needs_dx else tuple(i for i in out if i not in INPUT_GRAD_FORMS)
 
 

@@ -7,12 +7,14 @@
 // window of a padded input row. A part of the work is a band of output rows of one image:
 // its padded input rows are copied once into a scratch buffer (the zero border written
 // there), and 16 positions are one A tile (16 rows of 32 window values) read from it in
-// place. At stride 1 the band's positions are taken as one run over the scratch rows (a
-// position every C values; those in the border columns are computed and not stored), so a
-// small map fills whole tiles; at other strides each output row is its own run. W is packed
-// once per call as AMX's B tiles: per kernel row, 32-value chunks of the S*C window by 16
-// channels, pairs of window values interleaved; chunk values past S*C have zero weights
-// (what A reads there is multiplied by zero). A block of 32 positions x 32 channels (four C
+// place; a pointwise conv of whole chunks reads x itself. At stride 1 the band's positions
+// are taken as one run over the scratch rows (a position every C values; those in the
+// border columns are computed and not stored), so a small map fills whole tiles; at other
+// strides each output row is its own run. W is packed once per call as AMX's B tiles: per
+// kernel row, 32-value chunks of the S*C window by 16 channels, pairs of window values
+// interleaved. Chunk values past S*C have zero weights: what A reads there, the next
+// pixels' values, is multiplied by zero (so an infinity in the input also turns the
+// outputs of its left neighbours to NaN). A block of 32 positions x 32 channels (four C
 // tiles) runs down the R*Q chunks once. A run's last tile overlaps the one before it (those
 // positions are computed twice, alike). Which part computes which outputs is fixed by the
 // shapes: the same bits on every run.
@@ -264,7 +266,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
         "of 16, positive strides, non-negative top and left padding)");
   // a band's scratch rows within about 256 KB (L2), at least one output row
   const int64_t row_bytes = g.wp * g.c * 2 * g.sh;
-  g.band = std::max<int64_t>(1, std::min<int64_t>(g.ho, (256 << 10) / std::max<int64_t>(1, row_bytes)));
+  g.band = std::max<int64_t>(
+      1, std::min<int64_t>(g.ho, (256 << 10) / std::max<int64_t>(1, row_bytes)));
   const int64_t bands = (g.ho + g.band - 1) / g.band;
   const auto* xs = reinterpret_cast<const uint16_t*>(x.untyped_data());
   const auto* ws = reinterpret_cast<const uint16_t*>(wt.untyped_data());
