@@ -75,8 +75,8 @@ def test_policy_gives_bfloat16_convs_to_the_tiles_exactly_where_the_cpu_has_them
 
 @needs_amx
 def test_gradients_through_the_tiles_are_xlas():
-    """Two convs and a ReLU in bfloat16: the forward on the tiles, the gradients XLA's, as
-    close to float32's as XLA's own bfloat16 forward is."""
+    """Two convs and a ReLU in bfloat16: the forwards and the stride-1 input gradient on the
+    tiles, the rest XLA's, as close to float32's as XLA's own bfloat16 convs are."""
     x, w1, w2, t = (bf16(4, (2, 13, 13, 32)), bf16(5, (3, 3, 32, 32), 0.1),
                     bf16(6, (3, 3, 32, 16), 0.1), normal(7, (2, 7, 7, 16)))
 
@@ -89,7 +89,7 @@ def test_gradients_through_the_tiles_are_xlas():
     f32 = [a.astype(jnp.float32) for a in (x, w1, w2)]
     truth = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(*f32, ConvPolicy.xla())
     lowered = jax.jit(grad, static_argnums=3).lower(x, w1, w2, ConvPolicy()).as_text()
-    assert lowered.count("zoo_amx_conv") == 2
+    assert lowered.count("zoo_amx_conv") == 3   # two forwards, the stride-1 input gradient
     for name, tiles, xla, want in zip(("x", "w1", "w2"), grad(x, w1, w2, ConvPolicy()),
                                       grad(x, w1, w2, ConvPolicy(native=False)), truth):
         assert tiles.shape == want.shape and tiles.dtype == jnp.bfloat16, name

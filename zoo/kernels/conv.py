@@ -11,7 +11,8 @@ traced layer. All of them give XLA's values and gradients within float tolerance
   weight gradient separately: ``'xla+stored'``, ``'xla+mmgrad'``, ``'taps'``, ``'winograd'``,
   ``'xla+phases'`` (a strided conv's input gradient without the zeros of the dilated ``dy``),
   ``'xla+colgrad'`` (the input gradient as one matrix product and its col2im), ``'amx'``
-  (the bfloat16 forward on AMX tiles, :func:`.native.amx_conv`; XLA's gradients).
+  (the bfloat16 forward on AMX tiles, :func:`.native.amx_conv`, and at stride 1 the input
+  gradient; XLA's weight gradient).
 
 Where the policy asks (``native_grad_min_map``: big float32 maps), the custom convs whose
 weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead;
@@ -221,7 +222,8 @@ class CustomConv(NamedTuple):
     forward: str       # 'xla', 'native' (zoo.kernels.native, else XLA's), 'amx' (its bfloat16
                        # AMX kernel, else XLA's), 'taps', 'winograd'
     input_grad: str    # 'conv' (one explicit forward conv), 'winograd' (it as F(2x2, 3x3)),
-                       # 'native' (that conv compiled, stride 1), 'phases' (stride**2
+                       # 'native' (that conv compiled, stride 1), 'amx' (that conv on the
+                       # AMX tiles, bfloat16, stride 1), 'phases' (stride**2
                        # stride-1 convs), 'cols' (dy @ W^T, col2im), 'autodiff'
     weight_grad: str   # 'matmul', 'native' (zoo.kernels.native, else XLA's) or 'xla'
     chunk_bytes: int   # the im2col buffer per step of the matmul weight gradient
@@ -263,6 +265,8 @@ def _custom_bwd(meta: CustomConv, res, dy):
         dx = cols_input_grad(dy.astype(x.dtype), w, geom, x.shape, meta.out_hw)
     elif meta.input_grad == "native" and native.usable():
         dx = native.input_grad(dy, w, geom.pads, x.shape[1:3])
+    elif meta.input_grad == "amx" and native.usable() and native.amx_available():
+        dx = native.input_grad(dy.astype(x.dtype), w, geom.pads, x.shape[1:3], tiles=True)
     elif meta.input_grad in ("conv", "winograd", "native"):
         dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
                         by_winograd=meta.input_grad == "winograd")
@@ -298,7 +302,7 @@ CUSTOM_CONVS = {"xla+mmgrad": Recipe("xla", None, "matmul", False),
                 "winograd": Recipe("winograd", "winograd", "xla", None),
                 "xla+phases": Recipe("xla", "phases", "xla", True),
                 "xla+colgrad": Recipe("xla", "cols", "xla", True),
-                "amx": Recipe("amx", "autodiff", "xla", False)}
+                "amx": Recipe("amx", "amx", "xla", False)}
 
 
 def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
@@ -384,6 +388,8 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
             forward = "native"
             if grad in ("conv", "autodiff") and g.stride == (1, 1):
                 grad = "native"
+        if grad == "amx" and g.stride != (1, 1):
+            grad = "autodiff"
         y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), forward, grad,
                                           wgrad, int(policy.chunk_bytes), bool(store)))
     return y.astype(x.dtype)

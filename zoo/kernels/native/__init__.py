@@ -266,14 +266,15 @@ def amx_conv(x, w, stride, pads, out_hw):
     return y[..., :k] if w.shape[3] != k else y
 
 
-def input_grad(dy, w, pads, in_hw):
-    """``dL/dx`` of a stride-1 :func:`conv` with per-side ``pads``: the convolution of
-    ``dy`` with the flipped kernel, inputs and outputs swapped."""
+def input_grad(dy, w, pads, in_hw, tiles=False):
+    """``dL/dx`` of a stride-1 :func:`conv` (``tiles``: :func:`amx_conv`) with per-side
+    ``pads``: the convolution of ``dy`` with the flipped kernel, inputs and outputs
+    swapped."""
     kh, kw = w.shape[:2]
     w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     back = tuple((k - 1 - lo, size - o + lo) for (lo, _), k, o, size
                  in zip(pads, (kh, kw), dy.shape[1:3], in_hw))
-    return conv(dy, w_t, (1, 1), back, tuple(in_hw))
+    return (amx_conv if tiles else conv)(dy, w_t, (1, 1), back, tuple(in_hw))
 
 
 def weight_grad(x, dy, kernel_hw, stride, pads):
