@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -70,6 +71,24 @@ void configure() {
   }
   _tile_loadconfig(&cfg);
 }
+
+// bfloat16 values on 64-byte lines: each A and B tile row is then one cache line.
+struct Lines {
+  uint16_t* data = nullptr;
+  int64_t size = 0;
+  Lines() = default;
+  explicit Lines(int64_t n) { reserve(n); }
+  Lines(const Lines&) = delete;
+  Lines& operator=(const Lines&) = delete;
+  ~Lines() { std::free(data); }
+  void reserve(int64_t n) {
+    if (n <= size) return;
+    std::free(data);
+    const int64_t bytes = (n * 2 + 63) / 64 * 64;
+    data = static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
+    size = data ? n : 0;
+  }
+};
 
 struct Conv {
   int64_t n, h, w, c;        // input
@@ -209,14 +228,14 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
     blocks(g, run, g.c * 2, wp, y);
     return;
   }
-  thread_local std::vector<uint16_t> scratch;
+  thread_local Lines scratch;
   const int64_t pitch = g.wp * g.c, in_rows = (h1 - h0 - 1) * g.sh + g.r;
   // A reads at most: 16 positions past the last start, the last kernel row, the last chunk
   const int64_t reach = (flat ? ((h1 - h0) * g.wp + 16) * g.c + (g.r - 1) * pitch
                                : in_rows * pitch + 16 * g.sw * g.c) + g.q * 32 + 32;
   const int64_t size = std::max(in_rows * pitch, reach);
-  if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(size);
-  fill(g, x, n, h0 * g.sh, in_rows, scratch.data(), size);
+  scratch.reserve(size);
+  fill(g, x, n, h0 * g.sh, in_rows, scratch.data, size);
   if (flat) {
     // positions p = row * wp + col over the band; the last valid one is its last output
     const int64_t m = (h1 - h0 - 1) * g.wp + g.wo;
@@ -227,7 +246,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
         const int64_t p = start + i, hh = p / g.wp, ww = p % g.wp;
         rows[i] = (p < m && ww < g.wo) ? (n * g.ho + h0 + hh) * g.wo + ww : -1;
       }
-      add(scratch.data() + start * g.c, rows);
+      add(scratch.data + start * g.c, rows);
     }
     blocks(g, run, g.c * 2, wp, y);
     return;
@@ -239,7 +258,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       std::array<int64_t, 16> rows;
       for (int i = 0; i < 16; ++i)
         rows[i] = i < width ? (n * g.ho + h) * g.wo + start + i : -1;
-      add(scratch.data() + (h - h0) * g.sh * pitch + start * g.sw * g.c, rows);
+      add(scratch.data + (h - h0) * g.sh * pitch + start * g.sw * g.c, rows);
     }
   blocks(g, run, g.sw * g.c * 2, wp, y);
 }
@@ -272,15 +291,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
   const auto* xs = reinterpret_cast<const uint16_t*>(x.untyped_data());
   const auto* ws = reinterpret_cast<const uint16_t*>(wt.untyped_data());
   auto* out = reinterpret_cast<uint16_t*>(y->untyped_data());
-  std::vector<uint16_t> packed(g.r * g.q * g.k * 32);
-  zoo_native::parallel_parts(pool, g.r, [&](int64_t r) { pack_weights(g, ws, r, packed.data()); });
+  Lines packed(g.r * g.q * g.k * 32);
+  if (!packed.data)
+    return ffi::Error::Internal("zoo AMX convolution: no memory for the packed weights");
+  zoo_native::parallel_parts(pool, g.r, [&](int64_t r) { pack_weights(g, ws, r, packed.data); });
   const int64_t total = g.n * bands;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
     configure();
     for (int64_t i = p * total / parts; i < (p + 1) * total / parts; ++i) {
       const int64_t n = i / bands, h0 = (i % bands) * g.band;
-      band(g, xs, packed.data(), n, h0, std::min(g.ho, h0 + g.band), out);
+      band(g, xs, packed.data, n, h0, std::min(g.ho, h0 + g.band), out);
     }
     _tile_release();
   });
