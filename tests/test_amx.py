@@ -140,3 +140,20 @@ def test_the_benchmark_times_inference_without_the_tiles_where_they_run():
     variants = bench.lever_variants(model, "infer", (2, 32, 32, 3), "bfloat16")
     assert ("no_native" in variants) == native.amx_here()
     assert "no_native" in bench.lever_variants(model, "infer", (2, 32, 32, 3), "float32")
+
+
+@needs_amx
+def test_a_padding_wider_than_the_kernel_keeps_xlas_input_gradient():
+    """Padding 3 on a 3x3: the input gradient as a forward conv would need a negative pad,
+    so XLA's runs; values and gradients as XLA's."""
+    x, w = bf16(9, (1, 6, 6, 32)), bf16(10, (3, 3, 32, 16), 0.1)
+
+    def f(x, w, policy):
+        return jnp.sum(jnp.tanh(conv2d(x, w, padding=3, policy=policy).astype(jnp.float32)))
+
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)), static_argnums=2)
+    lowered = jax.jit(grad, static_argnums=2).lower(x, w, ConvPolicy()).as_text()
+    assert lowered.count("zoo_amx_conv") == 1   # the forward only
+    for a, b in zip(grad(x, w, ConvPolicy()), grad(x, w, ConvPolicy(native=False))):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.max(np.abs(a - b)) <= 0.03 * np.max(np.abs(b))

@@ -388,8 +388,9 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
             forward = "native"
             if grad in ("conv", "autodiff") and g.stride == (1, 1):
                 grad = "native"
-        if grad == "amx" and g.stride != (1, 1):
-            grad = "autodiff"
+        if grad == "amx" and (g.stride != (1, 1) or any(
+                lo > k - 1 for (lo, _), k in zip(pads, w.shape[:2]))):
+            grad = "autodiff"   # the input gradient as a forward conv needs both
         y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), forward, grad,
                                           wgrad, int(policy.chunk_bytes), bool(store)))
     return y.astype(x.dtype)

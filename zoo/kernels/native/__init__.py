@@ -257,6 +257,8 @@ def amx_conv(x, w, stride, pads, out_hw):
     if not amx_available():
         raise NativeUnavailable("the AMX convolution does not run here (no AMX tiles on this "
                                 "CPU, or the tile state was refused)")
+    if pads[0][0] < 0 or pads[1][0] < 0:
+        raise ValueError(f"amx_conv: the top and left padding must be >= 0, got {pads}")
     k = w.shape[3]
     w = _whole_vectors(w, jnp.bfloat16)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.bfloat16)

@@ -20,6 +20,7 @@
 // shapes: the same bits on every run.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -206,8 +207,8 @@ void blocks(const Conv& g, const Run& run, int64_t a_stride, const uint16_t* wp,
   }
 }
 
-// Output rows [h0, h1) of image n.
-void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64_t h0,
+// Output rows [h0, h1) of image n; false where its scratch could not be allocated.
+bool band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64_t h0,
           int64_t h1, uint16_t* y) {
   Run run;
   auto add = [&](const uint16_t* a, const std::array<int64_t, 16>& rows) {
@@ -226,7 +227,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       add(x + (first + start) * g.c, rows);
     }
     blocks(g, run, g.c * 2, wp, y);
-    return;
+    return true;
   }
   thread_local Lines scratch;
   const int64_t pitch = g.wp * g.c, in_rows = (h1 - h0 - 1) * g.sh + g.r;
@@ -235,6 +236,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
                                : in_rows * pitch + 16 * g.sw * g.c) + g.q * 32 + 32;
   const int64_t size = std::max(in_rows * pitch, reach);
   scratch.reserve(size);
+  if (!scratch.data) return false;
   fill(g, x, n, h0 * g.sh, in_rows, scratch.data, size);
   if (flat) {
     // positions p = row * wp + col over the band; the last valid one is its last output
@@ -249,7 +251,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       add(scratch.data + start * g.c, rows);
     }
     blocks(g, run, g.c * 2, wp, y);
-    return;
+    return true;
   }
   const int width = static_cast<int>(std::min<int64_t>(16, g.wo));
   for (int64_t h = h0; h < h1; ++h)
@@ -261,6 +263,7 @@ void band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       add(scratch.data + (h - h0) * g.sh * pitch + start * g.sw * g.c, rows);
     }
   blocks(g, run, g.sw * g.c * 2, wp, y);
+  return true;
 }
 
 #endif  // ZOO_AMX
@@ -297,14 +300,18 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
   zoo_native::parallel_parts(pool, g.r, [&](int64_t r) { pack_weights(g, ws, r, packed.data); });
   const int64_t total = g.n * bands;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
+  std::atomic<bool> short_of_memory{false};
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
     configure();
     for (int64_t i = p * total / parts; i < (p + 1) * total / parts; ++i) {
       const int64_t n = i / bands, h0 = (i % bands) * g.band;
-      band(g, xs, packed.data, n, h0, std::min(g.ho, h0 + g.band), out);
+      if (!band(g, xs, packed.data, n, h0, std::min(g.ho, h0 + g.band), out))
+        short_of_memory = true;
     }
     _tile_release();
   });
+  if (short_of_memory)
+    return ffi::Error::Internal("zoo AMX convolution: no memory for a band's input rows");
   return ffi::Error::Success();
 #else
   return ffi::Error::Internal("zoo AMX convolution: this library was built for a CPU without "
