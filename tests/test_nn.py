@@ -110,7 +110,8 @@ def test_pools_floor_and_ceil_shapes_and_values():
 def test_strided_bfloat16_pools_equal_the_reduce_window():
     """bfloat16 takes the shifted-views form at any stride: the same maxima, -inf padding."""
     x = normal(3, (2, 13, 13, 8)).astype(jnp.bfloat16)
-    for window, stride, pads in [((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 2), (2, 2), ((0, 0), (0, 1)))]:
+    for window, stride, pads in [((3, 3), (2, 2), ((1, 1), (1, 1))),
+                                 ((2, 2), (2, 2), ((0, 0), (0, 1)))]:
         got = jax.jit(lambda x, w=window, s=stride, p=pads: kernels.max_pool(x, w, s, p))(x)
         want = jax.lax.reduce_window(x.astype(jnp.float32), -jnp.inf, jax.lax.max,
                                      (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))

@@ -115,9 +115,9 @@ class ConvPolicy:
     #: bytes of the im2col buffer per step of the matmul weight gradient.
     chunk_bytes: int = 16 << 20
     #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply: in float32 training
-    #: BatchNorm's sums, max pooling's gradient, and the convolutions below; in bfloat16 the
-    #: forward of every ungrouped, undilated conv on a CPU with AMX tiles; False: XLA's forms
-    #: only.
+    #: BatchNorm's sums, max pooling's gradient, and the convolutions below; in bfloat16 every
+    #: ungrouped, undilated conv's forward (and stride-1 input gradient) on a CPU with AMX
+    #: tiles; False: XLA's forms only.
     native: bool = True
     #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
     #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
@@ -256,7 +256,8 @@ class ConvPolicy:
 
     def native_amx(self, g: ConvGeometry) -> bool:
         """Whether a conv of ``g`` asks for ``'amx'``, the bfloat16 forward on AMX tiles
-        (chosen where :func:`zoo.kernels.native.amx_here`; its gradients stay XLA's)."""
+        (chosen where :func:`zoo.kernels.native.amx_here`; its stride-1 input gradient runs
+        there too, its weight gradient is XLA's)."""
         return (self.native and self.impl == "auto" and self.active() and g.groups == 1
                 and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) == jnp.bfloat16)
 

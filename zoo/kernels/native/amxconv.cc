@@ -100,18 +100,18 @@ struct Conv {
   int64_t band;              // output rows per part
 };
 
-// B tiles: [r][q][K/16][16 pairs][16 channels][2], zero past the S*C window
-void pack_weights(const Conv& g, const uint16_t* w, int64_t r, uint16_t* out) {
-  const int64_t m = g.s * g.c, kt = g.k / 16;
-  uint16_t* dst = out + r * g.q * kt * 512;
-  for (int64_t q = 0; q < g.q; ++q)
-    for (int64_t t = 0; t < kt; ++t)
-      for (int64_t j = 0; j < 32; ++j) {
-        const int64_t v = q * 32 + j;   // window value
-        uint16_t* d = dst + (q * kt + t) * 512 + (j / 2) * 32 + (j % 2);
-        const uint16_t* src = w + (r * m + v) * g.k + t * 16;
-        for (int64_t i = 0; i < 16; ++i) d[2 * i] = v < m ? src[i] : 0;
-      }
+// The B tiles of chunk q of kernel row r (rq = r * Q + q) of [r][q][K/16][16 pairs][16
+// channels][2], zero past the S*C window
+void pack_weights(const Conv& g, const uint16_t* w, int64_t rq, uint16_t* out) {
+  const int64_t m = g.s * g.c, kt = g.k / 16, r = rq / g.q, q = rq % g.q;
+  uint16_t* dst = out + rq * kt * 512;
+  for (int64_t t = 0; t < kt; ++t)
+    for (int64_t j = 0; j < 32; ++j) {
+      const int64_t v = q * 32 + j;   // window value
+      uint16_t* d = dst + t * 512 + (j / 2) * 32 + (j % 2);
+      const uint16_t* src = w + (r * m + v) * g.k + t * 16;
+      for (int64_t i = 0; i < 16; ++i) d[2 * i] = v < m ? src[i] : 0;
+    }
 }
 
 // The padded input rows [row0, row0 + rows) of image n, each g.wp pixels, then zeros up to
@@ -144,7 +144,7 @@ inline void store_tile(const float* acc, const int64_t* out_row, uint16_t* y, in
   }
 }
 
-// Positions a0[i] (i < MB) of the scratch (A tiles, rows a_stride bytes apart) by channels
+// The A tiles at a[i] (i < MB; rows a_stride bytes apart) by channels
 // [k0, k0 + 16 NB) -> y at out_rows[i]
 template <int MB, int NB>
 void block(const Conv& g, const uint16_t* const* a, int64_t a_stride, const uint16_t* wp,
@@ -179,7 +179,7 @@ void block(const Conv& g, const uint16_t* const* a, int64_t a_stride, const uint
     for (int j = 0; j < NB; ++j) store_tile(acc[2 * i + j], out_rows[i], y + k0 + 16 * j, g.k);
 }
 
-// The tiles of one run of positions: tile i starts at starts[i]; A addresses and output rows.
+// The tiles of one run of positions: each one's A address and output rows.
 struct Run {
   std::vector<const uint16_t*> a;
   std::vector<std::array<int64_t, 16>> rows;
@@ -297,7 +297,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
   Lines packed(g.r * g.q * g.k * 32);
   if (!packed.data)
     return ffi::Error::Internal("zoo AMX convolution: no memory for the packed weights");
-  zoo_native::parallel_parts(pool, g.r, [&](int64_t r) { pack_weights(g, ws, r, packed.data); });
+  zoo_native::parallel_parts(pool, g.r * g.q,
+                             [&](int64_t rq) { pack_weights(g, ws, rq, packed.data); });
   const int64_t total = g.n * bands;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
   std::atomic<bool> short_of_memory{false};
