@@ -157,3 +157,66 @@ def test_a_padding_wider_than_the_kernel_keeps_xlas_input_gradient():
     for a, b in zip(grad(x, w, ConvPolicy()), grad(x, w, ConvPolicy(native=False))):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         assert np.max(np.abs(a - b)) <= 0.03 * np.max(np.abs(b))
+
+
+def resnet_pair():
+    models = [zoo.create("resnet18", num_classes=10, conv_policy=ConvPolicy(native=p))
+              for p in (True, False)]
+    v = models[0].init(jax.random.key(0), (2, 32, 32, 3))
+    v = dict(v, state=jax.tree.map(lambda a: a + 0.1 * jnp.abs(normal(11, a.shape)), v["state"]))
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), v["params"])
+    return models, v, params
+
+
+@needs_amx
+def test_batchnorm_and_relu_fold_into_the_tiles_in_inference():
+    """conv-BN-ReLU in inference is one call: the BatchNorm's and ReLU's passes are gone from
+    the program, the values are the unfolded ones within bfloat16 rounding."""
+    models, v, params = resnet_pair()
+    x = bf16(12, (2, 32, 32, 3))
+    f = [jax.jit(lambda p, x, m=m: m.apply(p, v["state"], x)[0]) for m in models]
+    text, unfolded = (g.lower(params, x).as_text() for g in f)
+    # one multiply of an activation by its scale per BatchNorm, gone in all 20
+    assert unfolded.count("stablehlo.multiply") - text.count("stablehlo.multiply") == 20
+    assert text.count("zoo_amx_conv") == 20
+    truth = jax.jit(lambda p, x: models[1].apply(p, v["state"], x)[0])(
+        v["params"], x.astype(jnp.float32))
+    scale = float(jnp.max(jnp.abs(truth)))
+    err = [float(jnp.max(jnp.abs(g(params, x).astype(jnp.float32) - truth))) for g in f]
+    assert err[0] <= 0.05 * scale and err[0] <= 2 * err[1] + 1e-3 * scale, (err, scale)
+
+
+@needs_amx
+def test_an_asked_for_activation_keeps_its_layers_unfolded():
+    models, v, params = resnet_pair()
+    x = bf16(13, (2, 32, 32, 3))
+    asked = ("conv1", "bn1", "relu")   # the stem: conv, BatchNorm, ReLU
+    got = [jax.jit(lambda p, x, m=m: m.apply(p, v["state"], x, capture=asked))(params, x)
+           for m in models]
+    for path in asked:
+        a, b = (np.asarray(g[2][path], np.float32) for g in got)
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0.02, atol=0.02 * np.max(np.abs(b)))
+
+
+@needs_amx
+def test_gradients_through_folded_layers_are_the_unfolded_ones():
+    """Inference-mode gradients (a perceptual loss) through conv-BN-ReLU on the tiles: as
+    close to float32's as the unfolded bfloat16 program's."""
+    models, v, params = resnet_pair()
+    x = bf16(14, (2, 32, 32, 3))
+
+    def loss(p, x, m):
+        return jnp.sum(jnp.tanh(m.apply(p, v["state"], x)[0].astype(jnp.float32)))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    folded, unfolded = (grad(params, x, m) for m in models)
+    truth = grad(v["params"], x.astype(jnp.float32), models[1].with_policy(ConvPolicy.xla()))
+
+    def cos(a, b):
+        a, b = np.asarray(a, np.float32).ravel(), np.asarray(b, np.float32).ravel()
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+    for a, b, t in zip(*(jax.tree.leaves(g) for g in (folded, unfolded, truth))):
+        assert np.all(np.isfinite(np.asarray(a, np.float32)))
+        assert cos(a, t) >= cos(b, t) - 0.02, (a.shape, cos(a, t), cos(b, t))

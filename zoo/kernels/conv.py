@@ -286,6 +286,37 @@ _custom_conv = jax.custom_vjp(_custom_primal, nondiff_argnums=(2,))
 _custom_conv.defvjp(_custom_fwd, _custom_bwd)
 
 
+class Epilogue(NamedTuple):
+    """What follows a conv in inference, as per-channel terms: ``y * scale + shift``
+    (float32) and then ReLU where ``relu``. ``after`` computes the same from the conv's
+    output by the layers' own forms: what runs where the conv is not ``'amx'``."""
+    scale: object
+    shift: object
+    relu: bool
+    after: object
+
+
+def _tiles_affine(x, w, scale, shift, meta: CustomConv, relu: bool):
+    return native.amx_conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw, scale, shift,
+                           relu)
+
+
+def _tiles_affine_fwd(x, w, scale, shift, meta, relu):
+    return _tiles_affine(x, w, scale, shift, meta, relu), (x, w, scale, shift)
+
+
+def _tiles_affine_bwd(meta, relu, res, dy):
+    # the gradients of the unfused form: the conv (its own VJP), then the float32 terms
+    def unfused(x, w, scale, shift):
+        z = _custom_conv(x, w, meta).astype(jnp.float32) * scale + shift
+        return (jnp.maximum(z, 0) if relu else z).astype(x.dtype)
+    return jax.vjp(unfused, *res)[1](dy.astype(res[0].dtype))
+
+
+_fused_conv = jax.custom_vjp(_tiles_affine, nondiff_argnums=(4, 5))
+_fused_conv.defvjp(_tiles_affine_fwd, _tiles_affine_bwd)
+
+
 class Recipe(NamedTuple):
     """What one of :data:`CUSTOM_CONVS` fixes; ``None`` leaves the input gradient to the
     policy's ``input_grad``, the stored input to its ``store_input``."""
@@ -356,13 +387,15 @@ def _resolve(g: ConvGeometry, x, impl, policy: ConvPolicy, where: str, train=Fal
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact", impl=None,
-           policy: ConvPolicy | None = None, precision=None, train=False, where="<input>"):
+           policy: ConvPolicy | None = None, precision=None, train=False, where="<input>",
+           epilogue: Epilogue | None = None):
     """2-D convolution, NHWC x HWIO -> NHWC, symmetric zero padding ``P`` per side.
 
     ``impl``: one of :data:`~zoo.kernels.policy.IMPLS`, or None/``'auto'`` for ``policy``'s
     choice (default :class:`ConvPolicy()`; ``train``: its choice for a train step). The result
     has ``x``'s dtype; low-precision inputs accumulate as the policy says. ``where`` names
-    the layer in errors."""
+    the layer in errors. ``epilogue``: applied to the result, in the tiles' output (one
+    rounding) where the conv runs as ``'amx'``, else by its ``after``."""
     policy = policy or DEFAULT_POLICY
     g, padding = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, rounding=rounding, dtype=x.dtype, where=where)
@@ -391,6 +424,11 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
         if grad == "amx" and (g.stride != (1, 1) or any(
                 lo > k - 1 for (lo, _), k in zip(pads, w.shape[:2]))):
             grad = "autodiff"   # the input gradient as a forward conv needs both
-        y = _custom_conv(x, w, CustomConv(geom, tuple(g.out_hw), forward, grad,
-                                          wgrad, int(policy.chunk_bytes), bool(store)))
-    return y.astype(x.dtype)
+        meta = CustomConv(geom, tuple(g.out_hw), forward, grad, wgrad,
+                          int(policy.chunk_bytes), bool(store))
+        if epilogue is not None and forward == "amx" and native.usable() \
+                and native.amx_available():
+            return _fused_conv(x, w, epilogue.scale, epilogue.shift, meta, bool(epilogue.relu))
+        y = _custom_conv(x, w, meta)
+    y = y.astype(x.dtype)
+    return y if epilogue is None else epilogue.after(y)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernels import ConvPolicy
-from .layer import Layer, captured, current_path, name_key, recorder, scope, side_branch
+from .layer import (Layer, captured, current_path, name_key, recorder, scope, side_branch,
+                    wanted)
 from .layers import Activation
 
 DEFAULT_POLICY = ConvPolicy()
@@ -50,14 +51,69 @@ def _init_children(items, key, in_shape):
 
 def _apply_children(items, params, state, x, train, rng, policy):
     new_state = dict(state)
-    for name, layer in items:
+    i = 0
+    while i < len(items):
+        name, layer = items[i]
+        folded = _foldable(items, i, x, train, policy)
         with scope(name):
-            x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
-                               rng=name_key(rng, name), policy=policy)
-            captured(x)
+            if folded:
+                then = _fold(folded, params, state, rng, policy)
+                x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
+                                   rng=name_key(rng, name), policy=policy, then=then)
+            else:
+                x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
+                                   rng=name_key(rng, name), policy=policy)
+                captured(x)
         if s:
             new_state[name] = s
+        if folded:   # their outputs are the conv's now; only the last one's is kept
+            with scope(folded[-1][0]):
+                captured(x)
+        i += 1 + len(folded)
     return x, new_state
+
+
+def _foldable(items, i, x, train, policy) -> list:
+    """The layers after ``items[i]`` that fold into its output: in inference, a conv that
+    runs in bfloat16 on AMX tiles followed by BatchNorm and/or ReLU; none whose outputs
+    before the last are asked for, none while a summary records the layers."""
+    from ..kernels import native
+    name, layer = items[i]
+    if (train or layer.kind != "conv" or not isinstance(x, jax.core.Tracer)
+            or jnp.dtype(x.dtype) != jnp.bfloat16 or recorder() is not None
+            or not (policy or ConvPolicy()).native or not native.amx_here()):
+        return []
+    out = []
+    kinds = [("batchnorm", None), ("activation", "relu")]
+    for nxt, (kind, act) in zip(items[i + 1:i + 3], kinds):
+        if nxt[1].kind != kind or (act and nxt[1].config.get("name") != act):
+            if kind == "batchnorm" and nxt[1].kind == "activation" \
+                    and nxt[1].config.get("name") == "relu":
+                out.append(nxt)
+            break
+        out.append(nxt)
+    if any(wanted(path) for path in [name] + [n for n, _ in out[:-1]]):
+        return []
+    return out
+
+
+def _fold(folded, params, state, rng, policy):
+    """``then`` for the conv: the folded layers as per-channel terms and as a function."""
+    scale = shift = None
+    relu = folded[-1][1].kind == "activation"
+    if folded[0][1].kind == "batchnorm":
+        bn_name, bn = folded[0]
+        p, s = params[bn_name], state[bn_name]
+        scale = p["scale"] * jax.lax.rsqrt(s["var"] + bn.config["eps"])
+        shift = p["bias"] - s["mean"] * scale
+
+    def after(y):
+        for n, layer in folded:
+            with scope(n):
+                y, _ = layer.apply(params.get(n, {}), state.get(n, {}), y, train=False,
+                                   rng=name_key(rng, n), policy=policy)
+        return y
+    return scale, shift, relu, after
 
 
 def _signature(layer: Layer):

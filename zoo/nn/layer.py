@@ -82,6 +82,12 @@ def capturing(paths):
         _CAPTURE.reset(token)
 
 
+def wanted(name: str) -> bool:
+    """Whether the output of the child ``name`` of the layer being traced is asked for."""
+    box = _CAPTURE.get()
+    return box is not None and "/".join(_SCOPE.get() + (name,)) in box[0]
+
+
 def captured(y) -> None:
     """Keep ``y``, the output of the layer being traced, if it is one asked for."""
     box = _CAPTURE.get()

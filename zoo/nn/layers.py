@@ -24,6 +24,13 @@ def _check_features(kind, features):
         raise ValueError(f"{kind}: features must be >= 1, got {features}")
 
 
+def _biased(after, bias):
+    """``after`` of the conv's output plus ``bias``."""
+    def f(y):
+        return after(y + bias.astype(y.dtype))
+    return f
+
+
 def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bias=True,
          rounding="exact", impl=None, mask=None) -> Layer:
     """Convolution, kernel HWIO. ``mask`` (optional ``(Cin, Cout)`` 0/1 table, as LeNet-5's
@@ -67,7 +74,10 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
                kernel=kh, stride=cfg["stride"][0], dilation=cfg["dilation"][0])
         return out_shape, params, {}
 
-    def apply(params, state, x, *, train=False, rng=None, policy=None):
+    def apply(params, state, x, *, train=False, rng=None, policy=None, then=None):
+        """``then``: ``(scale, shift, relu, after)``, the inference layers that follow it as
+        per-channel terms (scale None: 1) and as a function of this layer's output; folded
+        into the conv's output where the conv runs on AMX tiles (nn.Sequential passes it)."""
         w = dense_kernel(params, x.shape[3])
         where = current_path()
         args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -78,6 +88,16 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
             rec.convs.append((where, chosen, tuple(x.shape), tuple(w.shape)))
             rec.conv_args.append(dict(args, x_shape=tuple(x.shape), w_shape=tuple(w.shape),
                                       dtype=x.dtype, train=bool(train), impl=impl))
+        if then is not None:
+            scale, shift, relu, after = then
+            scale = jnp.ones((features,), jnp.float32) if scale is None else scale
+            shift = jnp.zeros((features,), jnp.float32) if shift is None else shift
+            if bias:
+                b = params["bias"]
+                shift = shift + b.astype(jnp.float32) * scale
+                after = _biased(after, b)
+            epilogue = kernels.Epilogue(scale, shift, relu, after)
+            return kernels.conv2d(x, w, impl=chosen, epilogue=epilogue, **args), state
         y = kernels.conv2d(x, w, impl=chosen, **args)
         if bias:
             y = y + params["bias"].astype(y.dtype)

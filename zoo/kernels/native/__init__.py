@@ -249,10 +249,11 @@ def conv(x, w, stride, pads, out_hw):
     return y[..., :k] if w.shape[3] != k else y
 
 
-def amx_conv(x, w, stride, pads, out_hw):
-    """The NHWC x HWIO convolution in bfloat16 on AMX tiles (float32 accumulation, one
-    rounding), with ``stride``, per-side ``pads`` (a negative bottom or right: a border the
-    floor rule never reads) and output map ``out_hw``."""
+def amx_conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
+    """The NHWC x HWIO convolution in bfloat16 on AMX tiles with ``stride``, per-side
+    ``pads`` (a negative bottom or right: a border the floor rule never reads) and output map
+    ``out_hw``: accumulated in float32, then ``* scale + shift`` per output channel (float32;
+    default 1 and 0) and ``max(., 0)`` where ``relu``, rounded once."""
     _ready()
     if not amx_available():
         raise NativeUnavailable("the AMX convolution does not run here (no AMX tiles on this "
@@ -261,11 +262,15 @@ def amx_conv(x, w, stride, pads, out_hw):
         raise ValueError(f"amx_conv: the top and left padding must be >= 0, got {pads}")
     k = w.shape[3]
     w = _whole_vectors(w, jnp.bfloat16)
-    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.bfloat16)
+    kp = w.shape[3]
+    scale = jnp.ones((k,), jnp.float32) if scale is None else scale.astype(jnp.float32)
+    shift = jnp.zeros((k,), jnp.float32) if shift is None else shift.astype(jnp.float32)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kp), jnp.bfloat16)
     y = jax.ffi.ffi_call("zoo_amx_conv", out, vmap_method="sequential")(
-        x.astype(jnp.bfloat16), w, sh=np.int64(stride[0]), sw=np.int64(stride[1]),
-        pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]))
-    return y[..., :k] if w.shape[3] != k else y
+        x.astype(jnp.bfloat16), w, jnp.pad(scale, (0, kp - k), constant_values=1.0),
+        jnp.pad(shift, (0, kp - k)), sh=np.int64(stride[0]), sw=np.int64(stride[1]),
+        pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]), relu=bool(relu))
+    return y[..., :k] if kp != k else y
 
 
 def input_grad(dy, w, pads, in_hw, tiles=False):

@@ -2,7 +2,8 @@
 //
 //   y[n, h, w, k] = sum over r, s, c of  xpad[n, h*sh + r, w*sw + s, c] * W[r, s, c, k]
 //
-// accumulated in float32 and rounded once to bfloat16; x NHWC, W HWIO, y NHWC. As in
+// accumulated in float32, then y * scale[k] + shift[k] and, where asked, max(y, 0) (a bias,
+// an inference BatchNorm, a ReLU), rounded once to bfloat16; x NHWC, W HWIO, y NHWC. As in
 // conv.cc, for a kernel row r the S*C values an output position reads are one contiguous
 // window of a padded input row. A part of the work is a band of output rows of one image:
 // its padded input rows are copied once into a scratch buffer (the zero border written
@@ -134,13 +135,24 @@ void fill(const Conv& g, const uint16_t* x, int64_t n, int64_t row0, int64_t row
   std::memset(buf + rows * pitch, 0, (size - rows * pitch) * 2);
 }
 
-// C tile (16 x 16 float32) -> the rows of y it holds (out_row[i] < 0: not an output),
-// rounded to bfloat16
-inline void store_tile(const float* acc, const int64_t* out_row, uint16_t* y, int64_t k) {
+// The per-channel epilogue: y = acc * scale + shift, then max(y, 0) where relu.
+struct Epilogue {
+  const float* scale;
+  const float* shift;
+  bool relu;
+};
+
+// C tile (16 x 16 float32) of channels [k0, k0 + 16) -> the rows of y it holds (out_row[i]
+// < 0: not an output), through the epilogue, rounded to bfloat16
+inline void store_tile(const float* acc, const int64_t* out_row, uint16_t* y, int64_t k,
+                       int64_t k0, const Epilogue& e) {
+  const __m512 scale = _mm512_loadu_ps(e.scale + k0), shift = _mm512_loadu_ps(e.shift + k0);
   for (int i = 0; i < 16; ++i) {
     if (out_row[i] < 0) continue;
-    const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(acc + 16 * i));
-    std::memcpy(y + out_row[i] * k, &v, 32);
+    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(acc + 16 * i), scale, shift);
+    if (e.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    const __m256bh b = _mm512_cvtneps_pbh(v);
+    std::memcpy(y + out_row[i] * k + k0, &b, 32);
   }
 }
 
@@ -148,7 +160,7 @@ inline void store_tile(const float* acc, const int64_t* out_row, uint16_t* y, in
 // [k0, k0 + 16 NB) -> y at out_rows[i]
 template <int MB, int NB>
 void block(const Conv& g, const uint16_t* const* a, int64_t a_stride, const uint16_t* wp,
-           int64_t k0, const int64_t (*out_rows)[16], uint16_t* y) {
+           int64_t k0, const int64_t (*out_rows)[16], const Epilogue& e, uint16_t* y) {
   const int64_t kt = g.k / 16, pitch = g.wp * g.c;
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t r = 0; r < g.r; ++r) {
@@ -176,7 +188,7 @@ void block(const Conv& g, const uint16_t* const* a, int64_t a_stride, const uint
   if (MB == 2) _tile_stored(2, acc[2], 64);
   if (MB == 2 && NB == 2) _tile_stored(3, acc[3], 64);
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) store_tile(acc[2 * i + j], out_rows[i], y + k0 + 16 * j, g.k);
+    for (int j = 0; j < NB; ++j) store_tile(acc[2 * i + j], out_rows[i], y, g.k, k0 + 16 * j, e);
 }
 
 // The tiles of one run of positions: each one's A address and output rows.
@@ -185,16 +197,17 @@ struct Run {
   std::vector<std::array<int64_t, 16>> rows;
 };
 
-void blocks(const Conv& g, const Run& run, int64_t a_stride, const uint16_t* wp, uint16_t* y) {
+void blocks(const Conv& g, const Run& run, int64_t a_stride, const uint16_t* wp,
+            const Epilogue& e, uint16_t* y) {
   const int64_t tiles = static_cast<int64_t>(run.a.size());
   auto one = [&](int64_t t, int64_t k0) {
     const uint16_t* a[2] = {run.a[t], run.a[std::min(t + 1, tiles - 1)]};
     const int64_t(*rows)[16] = reinterpret_cast<const int64_t(*)[16]>(&run.rows[t][0]);
     const bool two_m = t + 1 < tiles, two_k = g.k - k0 >= 32;
-    if (two_m && two_k) block<2, 2>(g, a, a_stride, wp, k0, rows, y);
-    else if (two_m) block<2, 1>(g, a, a_stride, wp, k0, rows, y);
-    else if (two_k) block<1, 2>(g, a, a_stride, wp, k0, rows, y);
-    else block<1, 1>(g, a, a_stride, wp, k0, rows, y);
+    if (two_m && two_k) block<2, 2>(g, a, a_stride, wp, k0, rows, e, y);
+    else if (two_m) block<2, 1>(g, a, a_stride, wp, k0, rows, e, y);
+    else if (two_k) block<1, 2>(g, a, a_stride, wp, k0, rows, e, y);
+    else block<1, 1>(g, a, a_stride, wp, k0, rows, e, y);
   };
   // all of W within kWeightsNear: each pair of position tiles meets every channel block
   // while its A rows are near; more: each channel block's B tiles stay near for every pair
@@ -209,7 +222,7 @@ void blocks(const Conv& g, const Run& run, int64_t a_stride, const uint16_t* wp,
 
 // Output rows [h0, h1) of image n; false where its scratch could not be allocated.
 bool band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64_t h0,
-          int64_t h1, uint16_t* y) {
+          int64_t h1, const Epilogue& e, uint16_t* y) {
   Run run;
   auto add = [&](const uint16_t* a, const std::array<int64_t, 16>& rows) {
     run.a.push_back(a);
@@ -226,7 +239,7 @@ bool band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       for (int i = 0; i < 16; ++i) rows[i] = first + start + i;
       add(x + (first + start) * g.c, rows);
     }
-    blocks(g, run, g.c * 2, wp, y);
+    blocks(g, run, g.c * 2, wp, e, y);
     return true;
   }
   thread_local Lines scratch;
@@ -250,7 +263,7 @@ bool band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
       }
       add(scratch.data + start * g.c, rows);
     }
-    blocks(g, run, g.c * 2, wp, y);
+    blocks(g, run, g.c * 2, wp, e, y);
     return true;
   }
   const int width = static_cast<int>(std::min<int64_t>(16, g.wo));
@@ -262,15 +275,16 @@ bool band(const Conv& g, const uint16_t* x, const uint16_t* wp, int64_t n, int64
         rows[i] = i < width ? (n * g.ho + h) * g.wo + start + i : -1;
       add(scratch.data + (h - h0) * g.sh * pitch + start * g.sw * g.c, rows);
     }
-  blocks(g, run, g.sw * g.c * 2, wp, y);
+  blocks(g, run, g.sw * g.c * 2, wp, e, y);
   return true;
 }
 
 #endif  // ZOO_AMX
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
+                   ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
                    ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pl) {
+                   int64_t pl, bool relu) {
 #if ZOO_AMX
   if (!tiles_permitted())
     return ffi::Error::Internal("zoo AMX convolution: the kernel refused the tile state "
@@ -282,10 +296,12 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
   Conv g{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], sh, sw, pt, pl,
          (od[2] - 1) * sw + wd[1], (wd[1] * xd[3] + 31) / 32, 1};
   if (wd[2] != g.c || wd[3] != g.k || od[0] != g.n || g.k % 16 != 0 || sh < 1 || sw < 1 ||
-      pt < 0 || pl < 0 || g.ho < 1 || g.wo < 1)
+      pt < 0 || pl < 0 || g.ho < 1 || g.wo < 1 ||
+      static_cast<int64_t>(scale.element_count()) != g.k ||
+      static_cast<int64_t>(shift.element_count()) != g.k)
     return ffi::Error::InvalidArgument(
         "zoo AMX convolution: shapes do not fit (the kernel's input channels, K a multiple "
-        "of 16, positive strides, non-negative top and left padding)");
+        "of 16, K scales and shifts, positive strides, non-negative top and left padding)");
   // a band's scratch rows within about 256 KB (L2), at least one output row
   const int64_t row_bytes = g.wp * g.c * 2 * g.sh;
   g.band = std::max<int64_t>(
@@ -301,12 +317,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
                              [&](int64_t rq) { pack_weights(g, ws, rq, packed.data); });
   const int64_t total = g.n * bands;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
+  const Epilogue e{scale.typed_data(), shift.typed_data(), relu};
   std::atomic<bool> short_of_memory{false};
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
     configure();
     for (int64_t i = p * total / parts; i < (p + 1) * total / parts; ++i) {
       const int64_t n = i / bands, h0 = (i % bands) * g.band;
-      if (!band(g, xs, packed.data, n, h0, std::min(g.ho, h0 + g.band), out))
+      if (!band(g, xs, packed.data, n, h0, std::min(g.ho, h0 + g.band), e, out))
         short_of_memory = true;
     }
     _tile_release();
@@ -336,8 +353,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooAmxConvForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+                                  .Attr<int64_t>("pl")
+                                  .Attr<bool>("relu"));
