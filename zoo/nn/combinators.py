@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..kernels import ConvPolicy
+from ..kernels import ConvPolicy, native
 from .layer import (Layer, captured, current_path, name_key, recorder, scope, side_branch,
                     wanted)
 from .layers import Activation
@@ -55,20 +55,15 @@ def _apply_children(items, params, state, x, train, rng, policy):
     while i < len(items):
         name, layer = items[i]
         folded = _foldable(items, i, x, train, policy)
+        fold = {"then": _fold(folded, params, state, rng, policy)} if folded else {}
         with scope(name):
-            if folded:
-                then = _fold(folded, params, state, rng, policy)
-                x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
-                                   rng=name_key(rng, name), policy=policy, then=then)
-            else:
-                x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
-                                   rng=name_key(rng, name), policy=policy)
-                captured(x)
+            x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train,
+                               rng=name_key(rng, name), policy=policy, **fold)
         if s:
             new_state[name] = s
-        if folded:   # their outputs are the conv's now; only the last one's is kept
-            with scope(folded[-1][0]):
-                captured(x)
+        # the folded layers' outputs are the conv's now: the last one's is the one kept
+        with scope(folded[-1][0] if folded else name):
+            captured(x)
         i += 1 + len(folded)
     return x, new_state
 
@@ -77,11 +72,10 @@ def _foldable(items, i, x, train, policy) -> list:
     """The layers after ``items[i]`` that fold into its output: in inference, a conv that
     runs in bfloat16 on AMX tiles followed by BatchNorm and/or ReLU; none whose outputs
     before the last are asked for, none while a summary records the layers."""
-    from ..kernels import native
     name, layer = items[i]
     if (train or layer.kind != "conv" or not isinstance(x, jax.core.Tracer)
             or jnp.dtype(x.dtype) != jnp.bfloat16 or recorder() is not None
-            or not (policy or ConvPolicy()).native or not native.amx_here()):
+            or not (policy or DEFAULT_POLICY).native or not native.amx_here()):
         return []
     out = []
     kinds = [("batchnorm", None), ("activation", "relu")]
