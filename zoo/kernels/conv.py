@@ -230,10 +230,15 @@ class CustomConv(NamedTuple):
     store_input: bool  # keep the input as a stored buffer for the backward (pool_bn.stored)
 
 
+def _tiles() -> bool:
+    """Whether the AMX kernel runs here (else XLA's forms; a failed build warns once)."""
+    return native.usable() and native.amx_available()
+
+
 def _custom_primal(x, w, meta: CustomConv):
     if meta.forward == "native" and native.usable():
         return native.conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw).astype(x.dtype)
-    if meta.forward == "amx" and native.usable() and native.amx_available():
+    if meta.forward == "amx" and _tiles():
         return native.amx_conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw)
     if meta.forward == "taps":
         return _taps_conv(x, w, meta.geom, meta.out_hw)
@@ -265,7 +270,7 @@ def _custom_bwd(meta: CustomConv, res, dy):
         dx = cols_input_grad(dy.astype(x.dtype), w, geom, x.shape, meta.out_hw)
     elif meta.input_grad == "native" and native.usable():
         dx = native.input_grad(dy, w, geom.pads, x.shape[1:3])
-    elif meta.input_grad == "amx" and native.usable() and native.amx_available():
+    elif meta.input_grad == "amx" and _tiles():
         dx = native.input_grad(dy.astype(x.dtype), w, geom.pads, x.shape[1:3], tiles=True)
     elif meta.input_grad in ("conv", "winograd", "native"):
         dx = input_grad(dy.astype(x.dtype), w, geom, x.shape[1:3],
@@ -426,8 +431,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
             grad = "autodiff"   # the input gradient as a forward conv needs both
         meta = CustomConv(geom, tuple(g.out_hw), forward, grad, wgrad,
                           int(policy.chunk_bytes), bool(store))
-        if epilogue is not None and forward == "amx" and native.usable() \
-                and native.amx_available():
+        if epilogue is not None and forward == "amx" and _tiles():
             return _fused_conv(x, w, epilogue.scale, epilogue.shift, meta, bool(epilogue.relu))
         y = _custom_conv(x, w, meta)
     y = y.astype(x.dtype)

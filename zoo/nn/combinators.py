@@ -78,14 +78,11 @@ def _foldable(items, i, x, train, policy) -> list:
             or not (policy or DEFAULT_POLICY).native or not native.amx_here()):
         return []
     out = []
-    kinds = [("batchnorm", None), ("activation", "relu")]
-    for nxt, (kind, act) in zip(items[i + 1:i + 3], kinds):
-        if nxt[1].kind != kind or (act and nxt[1].config.get("name") != act):
-            if kind == "batchnorm" and nxt[1].kind == "activation" \
-                    and nxt[1].config.get("name") == "relu":
-                out.append(nxt)
-            break
-        out.append(nxt)
+    for kind, names in (("batchnorm", None), ("activation", ("relu",))):
+        j = i + 1 + len(out)
+        if j < len(items) and items[j][1].kind == kind and (
+                names is None or items[j][1].config.get("name") in names):
+            out.append(items[j])
     if any(wanted(path) for path in [name] + [n for n, _ in out[:-1]]):
         return []
     return out
