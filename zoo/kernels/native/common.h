@@ -22,6 +22,9 @@ typedef int32_t m16 __attribute__((vector_size(64)));
 
 inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+// x in every lane: one broadcast load. (Adding x to a zero vector is not the same value for
+// x = -0, so the compiler must keep that add and a register shuffle in the inner loop.)
+inline v16 splat16(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
 // A convolution over the padded input: its shapes and stride.
 struct Geometry {

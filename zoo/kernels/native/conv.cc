@@ -38,8 +38,7 @@ void tile(const Geometry& g, const float* xp, const float* w, int64_t row, int64
       v16 bv[NV];
       for (int j = 0; j < NV; ++j) bv[j] = load16(b + 16 * j);
       for (int i = 0; i < MR; ++i) {
-        v16 av = {};
-        av += a[i * a_step];
+        const v16 av = splat16(a[i * a_step]);
         for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
       }
     }
