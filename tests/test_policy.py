@@ -40,6 +40,20 @@ def test_choices_by_shape():
     assert choose(ConvPolicy.xla(), (8, 4, 4, 256), (3, 3, 256, 256), (4, 4)) == "xla"
 
 
+def test_strided_convs_take_the_phase_input_gradient_from_its_floor():
+    p = ConvPolicy()
+    assert p.phases_min_map == 100
+    strided = ((8, 56, 56, 64), (3, 3, 64, 128), (28, 28), (2, 2))   # ResNet's layer2/0/conv1
+    assert choose(p, *strided) == "xla+phases"
+    assert choose(p, (8, 20, 20, 64), (3, 3, 64, 128), (10, 10), (2, 2)) == "xla+phases"  # 100 px
+    assert choose(p, (8, 18, 18, 64), (3, 3, 64, 128), (9, 9), (2, 2)) == "xla+stored"    # 81 px
+    assert choose(p, (8, 56, 56, 64), (1, 1, 64, 128), (28, 28), (2, 2)) == "im2col"  # pointwise first
+    assert choose(p.replace(phases_min_map=0), *strided) == "xla+stored"
+    assert choose(p, (8, 56, 56, 64), (3, 3, 64, 64), (56, 56)) == "xla+stored"      # stride 1
+    with pytest.raises(ValueError, match="phases_min_map must be >= 0"):
+        ConvPolicy(phases_min_map=-1)
+
+
 def test_winograd_where_it_pays():
     p = ConvPolicy()
     assert choose(p, (8, 28, 28, 128), (3, 3, 128, 128), (28, 28)) == "winograd"
@@ -53,7 +67,7 @@ def test_winograd_where_it_pays():
     assert choose(p, (1, 14, 14, 512), (3, 3, 512, 512), (14, 14)) == "xla+stored"  # 49 tiles
     assert choose(p, (2, 14, 14, 256), (3, 3, 256, 256), (14, 14)) == "xla+stored"  # 98 tiles
     assert choose(p, (1, 24, 24, 512), (3, 3, 512, 512), (24, 24)) == "winograd"    # 144 tiles
-    assert choose(p, (8, 56, 56, 128), (3, 3, 128, 128), (28, 28), (2, 2)) == "xla+stored"
+    assert choose(p, (8, 56, 56, 128), (3, 3, 128, 128), (28, 28), (2, 2)) == "xla+phases"
     # bfloat16 accumulating in float32 too; not left to XLA's accumulation, nor float16 (without
     # the compiled kernels: on a CPU with AMX tiles they take bfloat16 convs, test_amx.py)
     q = p.replace(native=False)
@@ -71,7 +85,7 @@ def test_every_choice_equals_xla_values_and_gradients():
     """Each implementation the policy picks, on a shape where it picks it, gives XLA's conv:
     values and both gradients."""
     mm = ConvPolicy(weight_grad="matmul", chunk_bytes=1)  # chunked (scanned) weight grad
-    phases = "forced"   # no rule picks it: the layer names it
+    phases = "forced"   # the layer names it
     cases = [((4, 12, 12, 32), (3, 3, 32, 32), 1, 1, "xla+mmgrad", mm),
              ((2, 4, 4, 8), (3, 3, 8, 8), 1, 1, "im2col", mm),            # small map
              ((2, 9, 9, 8), (1, 1, 8, 16), 2, 0, "im2col", mm),           # pointwise, strided
@@ -79,6 +93,7 @@ def test_every_choice_equals_xla_values_and_gradients():
              ((4, 11, 11, 32), (3, 3, 32, 40), 1, 1, "winograd", None),   # odd map: cropped tiles
              ((6, 12, 12, 32), (3, 3, 32, 32), 1, 0, "winograd", None),   # unpadded
              ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+stored", None),   # the rest
+             ((2, 21, 21, 8), (3, 3, 8, 16), 2, 1, "xla+phases", None),   # strided, 11x11 out
              ((2, 13, 13, 8), (3, 3, 8, 16), 2, 1, "xla+phases", phases),  # odd map, stride 2
              # uneven strides; along W the third phase is reached by no tap (kernel 2 < 3)
              ((2, 14, 12, 4), (3, 2, 4, 8), (2, 3), 1, "xla+phases", phases),

@@ -24,6 +24,7 @@ LEVER_VARIANTS = {
     "mmgrad": ({"weight_grad": "matmul"}, ("train",)),  # the matmul weight gradient on
     "no_input_grad": ({"input_grad": "autodiff"}, ("train",)),
     "no_store_input": ({"store_input": False}, ("train",)),
+    "no_phases": ({"phases_min_map": 0}, ("train",)),
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
     # XLA's conv forms: the compiled forward needs the weight gradient's floor too
     "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),

@@ -127,6 +127,10 @@ class ConvPolicy:
     #: output channels, and image convs (<= 4 input channels) on any map from that floor; 0:
     #: never.
     native_forward_max_map: int = 12544
+    #: strided convs (undilated, ungrouped) with output maps of at least this many pixels
+    #: take the input gradient as stride**2 stride-1 convs of dy, one per output phase
+    #: ('xla+phases'), not XLA's transposed conv over a zero-dilated dy; 0: never.
+    phases_min_map: int = 100
     #: other convs keep their input as a stored buffer for XLA's weight gradient ('xla+stored').
     store_input: bool = True
     #: Winograd F(2x2, 3x3) where a (max output pixels, min channels in and out) pair admits.
@@ -164,7 +168,8 @@ class ConvPolicy:
                                  f"must be one of {IMPLS}")
         object.__setattr__(self, "tuned", tuple(sorted(table)))
         for name in ("small_map", "wide_patch", "mmgrad_min_k", "mmgrad_min_map", "chunk_bytes",
-                     "native_grad_min_map", "native_forward_max_map", "winograd_min_map",
+                     "native_grad_min_map", "native_forward_max_map", "phases_min_map",
+                     "winograd_min_map",
                      "winograd_min_tiles", "scan_min_run"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ConvPolicy.{name} must be >= 0, got {getattr(self, name)}")
@@ -226,6 +231,8 @@ class ConvPolicy:
             return "taps"
         if self.winograd_fits(g):
             return "winograd"
+        if self.phases_min_map and g.phases_shape() and g.pixels >= self.phases_min_map:
+            return "xla+phases"
         return "xla+stored" if self.store_input else "xla"
 
     def winograd_fits(self, g: ConvGeometry) -> bool:

@@ -52,8 +52,10 @@ class ConvCall(NamedTuple):
         return native_here(self.geometry, self.train, self.policy)
 
     def default_impl(self) -> str:
-        """What the hand-tuned rules run it as."""
-        return self.policy.replace(tuned=()).choose(self.geometry, self.train)
+        """What the hand-tuned rules run it as (where no one needs its input gradient, a
+        form that only changes that is the stored-input program, named so)."""
+        impl = self.policy.replace(tuned=()).choose(self.geometry, self.train)
+        return "xla+stored" if not self.needs_dx and impl in INPUT_GRAD_FORMS else impl
 
     def candidates(self) -> tuple:
         """What can run it, one name per distinct program: in inference a custom conv with
