@@ -230,6 +230,9 @@ def test_max_pool_gradient_routes_as_the_xla_form(shape, window, stride, padding
     ((2, 30, 30, 3), (7, 7, 3, 64), 2, 3, "floor"),     # a stem
     ((2, 21, 20, 5), (5, 3, 5, 20), (1, 1), (2, 1), "floor"),   # asymmetric; 20 = 16 + 4
     ((1, 31, 31, 3), (11, 11, 3, 80), 4, 2, "floor"),   # AlexNet's stride; 64 + 16 channels
+    # padding wider than the kernel: whole rows and tiles in it, tiles over both edges, and an
+    # input gradient whose own padding is negative
+    ((1, 4, 5, 8), (3, 3, 8, 16), 1, 3, "exact"),
 ])
 def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding, rounding):
     x, w = normal(15, x_shape), normal(16, w_shape) * 0.1

@@ -237,15 +237,19 @@ def _whole_vectors(w, dtype):
 
 
 def conv(x, w, stride, pads, out_hw):
-    """The NHWC x HWIO convolution (float32) with ``stride``, per-side ``pads`` and output
-    map ``out_hw``."""
+    """The NHWC x HWIO convolution (float32) with ``stride``, per-side ``pads`` (zeros read
+    in place, never built; a negative pad: a border no window reads) and output map
+    ``out_hw``."""
     _ready()
-    kh, kw, _, k = w.shape
+    (top, _), (left, _) = pads
+    if top < 0 or left < 0:   # rows and columns no window reads
+        x = x[:, max(0, -top):, max(0, -left):, :]
+    k = w.shape[3]
     w = _whole_vectors(w, jnp.float32)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32)
     y = jax.ffi.ffi_call("zoo_conv", out, vmap_method="sequential")(
-        _padded(x, (kh, kw), stride, pads, out_hw), w, sh=np.int64(stride[0]),
-        sw=np.int64(stride[1]))
+        x.astype(jnp.float32), w, sh=np.int64(stride[0]), sw=np.int64(stride[1]),
+        pt=np.int64(max(0, top)), pl=np.int64(max(0, left)))
     return y[..., :k] if w.shape[3] != k else y
 
 

@@ -1,15 +1,18 @@
 // The forward of a 2-D convolution, float32, as an XLA FFI handler for the CPU:
 //
-//   y[n, h, w, k] = sum over r, s, c of  xp[n, h*sh + r, w*sw + s, c] * W[r, s, c, k]
+//   y[n, h, w, k] = sum over r, s, c of  x[n, h*sh + r - pt, w*sw + s - pl, c] * W[r, s, c, k]
 //
-// xp is the input already padded (NHWC), W is HWIO, y NHWC. For one kernel row r the S*C
-// values an output position reads are one contiguous window of an xp row, and W[r] is
-// (S*C x K): a register tile of 6 output positions by 64 output channels (24 AVX-512
-// accumulators) runs down the R*S*C window once and is stored once. Each output row is
-// computed by one thread: the same bits on every run.
+// x is NHWC (zero outside it: the padding is read in place, never copied), W is HWIO, y
+// NHWC. For one kernel row r the S*C values an output position reads are one contiguous
+// window of an x row, and W[r] is (S*C x K): a register tile of 6 output positions by 64
+// output channels (24 AVX-512 accumulators) runs down the R*S*C window once and is stored
+// once. Kernel rows outside x add nothing; a tile whose windows cross the left or right
+// edge reads them from a small zero-filled copy. Each output row is computed by one thread:
+// the same bits on every run.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 #include "common.h"
@@ -23,16 +26,34 @@ using namespace zoo_native;
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
 
 
-// y[row, w0 : w0 + MR, k0 : k0 + 16 NV]
+// Where the tile's windows lie in x: the padding on top and left, x's rows and columns.
+struct Input {
+  int64_t h, w, pt, pl;
+};
+
+// y[row, w0 : w0 + MR, k0 : k0 + 16 NV]; span: room for a tile's window run
 template <int MR, int NV>
-void tile(const Geometry& g, const float* xp, const float* w, int64_t row, int64_t w0,
-          int64_t k0, float* y) {
+void tile(const Geometry& g, const Input& in, const float* x, const float* w, int64_t row,
+          int64_t w0, int64_t k0, float* y, float* span) {
   v16 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = v16{};
   const int64_t n = row / g.ho, h = row % g.ho, m = g.s * g.c, a_step = g.sw * g.c;
+  const int64_t col0 = w0 * g.sw - in.pl, cols = (MR - 1) * g.sw + g.s;
+  const bool inside = col0 >= 0 && col0 + cols <= in.w;
   for (int64_t r = 0; r < g.r; ++r) {
-    const float* a = xp + ((n * g.hp + h * g.sh + r) * g.wp + w0 * g.sw) * g.c;
+    const int64_t ih = h * g.sh + r - in.pt;
+    if (ih < 0 || ih >= in.h) continue;
+    const float* src = x + (n * in.h + ih) * in.w * g.c;
+    const float* a = src + col0 * g.c;
+    if (!inside) {   // columns [lo, hi) of the run are in x, the rest zeros
+      const int64_t lo = std::min(cols, std::max<int64_t>(0, -col0));
+      const int64_t hi = std::max(lo, std::min(cols, in.w - col0));
+      std::memset(span, 0, lo * g.c * sizeof(float));
+      std::memcpy(span + lo * g.c, src + (col0 + lo) * g.c, (hi - lo) * g.c * sizeof(float));
+      std::memset(span + hi * g.c, 0, (cols - hi) * g.c * sizeof(float));
+      a = span;
+    }
     const float* b = w + r * m * g.k + k0;
     for (int64_t q = 0; q < m; ++q, ++a, b += g.k) {
       v16 bv[NV];
@@ -49,51 +70,70 @@ void tile(const Geometry& g, const float* xp, const float* w, int64_t row, int64
 }
 
 template <int NV>
-void tile_cols(int mr, const Geometry& g, const float* xp, const float* w, int64_t row,
-               int64_t w0, int64_t k0, float* y) {
+void tile_cols(int mr, const Geometry& g, const Input& in, const float* x, const float* w,
+               int64_t row, int64_t w0, int64_t k0, float* y, float* span) {
   switch (mr) {
-    case 6: return tile<6, NV>(g, xp, w, row, w0, k0, y);
-    case 5: return tile<5, NV>(g, xp, w, row, w0, k0, y);
-    case 4: return tile<4, NV>(g, xp, w, row, w0, k0, y);
-    case 3: return tile<3, NV>(g, xp, w, row, w0, k0, y);
-    case 2: return tile<2, NV>(g, xp, w, row, w0, k0, y);
-    default: return tile<1, NV>(g, xp, w, row, w0, k0, y);
+    case 6: return tile<6, NV>(g, in, x, w, row, w0, k0, y, span);
+    case 5: return tile<5, NV>(g, in, x, w, row, w0, k0, y, span);
+    case 4: return tile<4, NV>(g, in, x, w, row, w0, k0, y, span);
+    case 3: return tile<3, NV>(g, in, x, w, row, w0, k0, y, span);
+    case 2: return tile<2, NV>(g, in, x, w, row, w0, k0, y, span);
+    default: return tile<1, NV>(g, in, x, w, row, w0, k0, y, span);
   }
 }
 
-void output_row(const Geometry& g, const float* xp, const float* w, int64_t row, float* y) {
+void output_row(const Geometry& g, const Input& in, const float* x, const float* w,
+                int64_t row, float* y, float* span) {
   for (int64_t k0 = 0; k0 < g.k; k0 += 64) {
     const int nv = static_cast<int>(std::min<int64_t>(4, (g.k - k0) / 16));
     for (int64_t w0 = 0; w0 < g.wo; w0 += 6) {
       const int mr = static_cast<int>(std::min<int64_t>(6, g.wo - w0));
       switch (nv) {
-        case 4: tile_cols<4>(mr, g, xp, w, row, w0, k0, y); break;
-        case 3: tile_cols<3>(mr, g, xp, w, row, w0, k0, y); break;
-        case 2: tile_cols<2>(mr, g, xp, w, row, w0, k0, y); break;
-        default: tile_cols<1>(mr, g, xp, w, row, w0, k0, y); break;
+        case 4: tile_cols<4>(mr, g, in, x, w, row, w0, k0, y, span); break;
+        case 3: tile_cols<3>(mr, g, in, x, w, row, w0, k0, y, span); break;
+        case 2: tile_cols<2>(mr, g, in, x, w, row, w0, k0, y, span); break;
+        default: tile_cols<1>(mr, g, in, x, w, row, w0, k0, y, span); break;
       }
     }
   }
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> wt,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw) {
-  Geometry g;
-  const ffi::Error bad = zoo_native::read_geometry("zoo convolution", xp.dimensions(),
-                                                   wt.dimensions(), y->dimensions(), sh, sw, g);
-  if (bad.failure()) return bad;
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<ffi::F32> wt,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                   int64_t pl) {
+  const auto xd = xb.dimensions(), kd = wt.dimensions(), od = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || od.size() != 4)
+    return ffi::Error::InvalidArgument("zoo convolution: operands must be 4-D");
+  const Input in{xd[1], xd[2], pt, pl};
+  // the geometry of the padded input the windows read, which is never built
+  const Geometry g{xd[0], (od[1] - 1) * sh + kd[0], (od[2] - 1) * sw + kd[1], xd[3],
+                   od[1], od[2], od[3], kd[0], kd[1], sh, sw};
+  if (g.k % 16 != 0 || kd[2] != g.c || od[0] != g.n || sh < 1 || sw < 1 || pt < 0 || pl < 0)
+    return ffi::Error::InvalidArgument(
+        "zoo convolution: shapes do not fit (K a multiple of 16, stride >= 1, top and left "
+        "padding >= 0)");
   const int64_t total = g.n * g.ho;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
-  const float* x = xp.typed_data();
+  const float* x = xb.typed_data();
   const float* w = wt.typed_data();
   float* out = y->typed_data();
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
+    std::vector<float> span((5 * sw + g.s) * g.c);   // the widest tile's window run
     for (int64_t row = p * total / parts; row < (p + 1) * total / parts; ++row)
-      output_row(g, x, w, row, out);
+      output_row(g, in, x, w, row, out, span.data());
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-ZOO_CONV_HANDLER(ZooConvForward, Forward);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
