@@ -198,6 +198,33 @@ def test_batch_norm_layer_takes_the_compiled_sums_with_the_same_values_and_gradi
 
 @pytest.mark.parametrize("shape, window, stride, padding, rounding", [
     ((2, 17, 17, 32), 3, 2, 1, "exact"),      # a ResNet stem's pool, odd map
+    ((2, 9, 8, 20), 3, 1, 1, "exact"),        # an Inception branch's, stride 1; a 4-channel tail
+    ((2, 13, 13, 16), 3, 2, 0, "ceil"),       # GoogLeNet's, the ceil rule's border
+])
+def test_max_pool_forward_equals_xlas_in_inference_and_train(shape, window, stride, padding,
+                                                             rounding):
+    """The compiled pool gives XLA's values, NaN included, in inference and in a train step;
+    bfloat16 and ConvPolicy(native=False) keep XLA's forms."""
+    pool = zoo.nn.MaxPool(window, stride, padding, rounding)
+    x = normal(18, shape).at[0, 1, 1, 3].set(jnp.nan)
+
+    def run(policy, train, x=x):
+        f = jax.jit(lambda x_: pool.apply({}, {}, x_, train=train, policy=policy)[0])
+        return f(x), f.lower(x).as_text()
+
+    want, plain = run(ConvPolicy(native=False), False)
+    assert "zoo_max_pool" not in plain
+    assert bool(jnp.isnan(want[0]).any()) and not bool(jnp.isnan(want[1]).any())
+    for train in (False, True):
+        got, text = run(ConvPolicy(), train)
+        assert "@zoo_max_pool(" in text
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    _, bf16 = run(ConvPolicy(), False, x.astype(jnp.bfloat16))
+    assert "zoo_max_pool" not in bf16
+
+
+@pytest.mark.parametrize("shape, window, stride, padding, rounding", [
+    ((2, 17, 17, 32), 3, 2, 1, "exact"),      # a ResNet stem's pool, odd map
     ((3, 9, 8, 20), 2, 2, 0, "floor"),        # VGG's, an unreached row; 20 channels: a tail
     ((2, 12, 12, 16), 3, 2, 0, "ceil"),       # GoogLeNet's, the ceil rule's border
 ])

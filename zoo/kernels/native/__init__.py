@@ -51,7 +51,8 @@ HEADERS = (os.path.join(_HERE, "common.h"),)
 #: FFI target name -> the handler's symbol in the library.
 TARGETS = {"zoo_conv": "ZooConvForward", "zoo_conv_weight_grad": "ZooConvWeightGrad",
            "zoo_batch_stats": "ZooBatchStats", "zoo_grad_sums": "ZooGradSums",
-           "zoo_max_pool_grad": "ZooMaxPoolGrad", "zoo_amx_conv": "ZooAmxConvForward"}
+           "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad",
+           "zoo_amx_conv": "ZooAmxConvForward"}
 TARGET = "zoo_conv_weight_grad"   # the weight gradient's
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 #: The dtypes the kernels take.
@@ -328,6 +329,17 @@ def grad_sums(g, x, mean):
     out = (jax.ShapeDtypeStruct((c,), jnp.float32),) * 2
     return jax.ffi.ffi_call("zoo_grad_sums", out, vmap_method="sequential")(
         _rows(g), _rows(x), mean)
+
+
+def max_pool(x, window, strides, pads, out_hw):
+    """The max pool of float32 NHWC ``x`` (``window``, ``strides``, the top and left of
+    ``pads``; -inf padding, never read) with output map ``out_hw``."""
+    _ready()
+    (kh, kw), (sh, sw), ((pt, _), (pl, _)) = window, strides, pads
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), jnp.float32)
+    return jax.ffi.ffi_call("zoo_max_pool", out, vmap_method="sequential")(
+        x, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw),
+        pt=np.int64(pt), pl=np.int64(pl))
 
 
 def max_pool_grad(x, y, g, window, strides, pads):

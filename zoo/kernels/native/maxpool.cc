@@ -1,7 +1,10 @@
-// The gradient of max pooling, float32, NHWC:
+// Max pooling, float32, NHWC, and its gradient:
 //
+//   ZooMaxPool(x) -> y         the maximum of each window (a NaN in it: NaN, as XLA's max);
+//                              positions in the padding are never read (-inf)
 //   ZooMaxPoolGrad(x, y, g) -> dx
 //
+// The forward reads each window channels 16 at a time, output rows split among threads.
 // Each output's gradient goes to the first input of its window (in row-major window order)
 // equal to the output, as XLA's select-and-scatter does; windows overlap, so one image's
 // windows are taken in order by one thread (images are the parts), the same bits on every
@@ -10,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "xla/ffi/api/ffi.h"
 #include "common.h"
@@ -64,6 +68,56 @@ inline void route(const Pool& p, const float* x, const float* y, const float* g,
   }
 }
 
+// output row oh of one image
+void pool_row(const Pool& p, const float* x, float* y, int64_t oh) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const int64_t h0 = oh * p.sh - p.pt;
+  const int64_t r0 = std::max<int64_t>(0, h0), r1 = std::min(p.h, h0 + p.kh);
+  for (int64_t ow = 0; ow < p.wo; ++ow) {
+    const int64_t w0 = ow * p.sw - p.pl;
+    const int64_t q0 = std::max<int64_t>(0, w0), q1 = std::min(p.w, w0 + p.kw);
+    float* out = y + (oh * p.wo + ow) * p.c;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= p.c; c0 += 16) {
+      v16 m = -inf - v16{};
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t q = q0; q < q1; ++q) {
+          const v16 v = load16(x + (r * p.w + q) * p.c + c0);
+          m = (v > m) | (v != v) ? v : m;
+        }
+      store16(out + c0, m);
+    }
+    for (; c0 < p.c; ++c0) {
+      float m = -inf;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t q = q0; q < q1; ++q) {
+          const float v = x[(r * p.w + q) * p.c + c0];
+          m = (v > m || v != v) ? v : m;
+        }
+      out[c0] = m;
+    }
+  }
+}
+
+ffi::Error MaxPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || yd[0] != xd[0] || yd[3] != xd[3] || kh < 1 ||
+      kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
+    return ffi::Error::InvalidArgument("zoo max pool: shapes do not fit");
+  const Pool p{xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, pt, pl};
+  const int64_t total = xd[0] * p.ho, parts = std::max<int64_t>(1, std::min<int64_t>(64, total));
+  const float* xs = x.typed_data();
+  float* out = y->typed_data();
+  zoo_native::parallel_parts(pool, parts, [&](int64_t part) {
+    for (int64_t row = part * total / parts; row < (part + 1) * total / parts; ++row) {
+      const int64_t image = row / p.ho;
+      pool_row(p, xs + image * p.h * p.w * p.c, out + image * p.ho * p.wo * p.c, row % p.ho);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                        ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx, int64_t kh,
                        int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
@@ -92,6 +146,18 @@ ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPool, MaxPool,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPoolGrad, MaxPoolGrad,
                               ffi::Ffi::Bind()
