@@ -114,10 +114,10 @@ class ConvPolicy:
     mmgrad_min_map: int = 144
     #: bytes of the im2col buffer per step of the matmul weight gradient.
     chunk_bytes: int = 16 << 20
-    #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply: in float32 training
-    #: BatchNorm's sums, max pooling's gradient, and the convolutions below; in bfloat16 every
-    #: ungrouped, undilated conv's forward (and stride-1 input gradient) on a CPU with AMX
-    #: tiles; False: XLA's forms only.
+    #: zoo's compiled CPU kernels (zoo.kernels.native) where they apply: in float32 max
+    #: pooling, training BatchNorm's sums and max pooling's gradient, and the convolutions
+    #: below; in bfloat16 every ungrouped, undilated conv's forward (and stride-1 input
+    #: gradient) on a CPU with AMX tiles; False: XLA's forms only.
     native: bool = True
     #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
     #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
@@ -270,7 +270,7 @@ class ConvPolicy:
 
     def native_for(self, dtype) -> bool:
         """Whether a layer on ``dtype`` inputs asks for a compiled kernel (BatchNorm's sums,
-        max pooling's gradient; whether they run here is
+        max pooling and its gradient; whether they run here is
         :func:`zoo.kernels.native.available`)."""
         return self.native and self.active() and jnp.dtype(dtype) in NATIVE_DTYPES
 

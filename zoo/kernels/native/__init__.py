@@ -1,9 +1,9 @@
 """zoo's compiled CPU kernels, XLA FFI calls on XLA's own thread pool:
 
 - ``conv.cc``: the convolution's forward, the same tile the other way round (6 output
-  positions by 64 channels down the window); faster than XLA's on image convs and on
-  64-channel maps up to 112x112, where the policy gives it the custom convs' forward and
-  stride-1 input gradient;
+  positions by 64 channels down the window), the padding read in place; faster than XLA's
+  on image convs and on 64-channel maps up to 112x112, where the policy gives it the custom
+  convs' forward and stride-1 input gradient;
 - ``wgrad.cc``: the convolution weight gradient. XLA:CPU transposes the input and the output
   gradient and runs a general contraction over every output position: 62-104 GFLOP/s on
   ResNet-18's big maps, where this direct form, the patches read in place and a tile of the
@@ -11,8 +11,9 @@
 - ``bnsums.cc``: training BatchNorm's sums over N*H*W (the batch statistics; the two sums
   of its backward), each input read once, where XLA writes out ``(x - mean)^2`` and
   ``g * xhat`` for its products with a ones vector;
-- ``maxpool.cc``: max pooling's gradient, each window read once and ``dx`` written once,
-  where the XLA form pads the input and accumulates one plane per window offset;
+- ``maxpool.cc``: max pooling and its gradient, each window read once (and ``dx`` written
+  once), where XLA runs a slower reduce-window and the gradient's XLA form pads the input
+  and accumulates one plane per window offset;
 - ``amxconv.cc``: the bfloat16 convolution's forward on Intel's AMX tiles, on CPUs that have
   them (:func:`amx_available`), where XLA:CPU converts bfloat16 convolutions to float32.
 
@@ -115,7 +116,8 @@ def build(cxx: str, out: str, stream=None) -> None:
     leaves no file there)."""
     os.makedirs(os.path.dirname(out), exist_ok=True)
     print(f"zoo: compiling its CPU kernels (convolution, its weight gradient, BatchNorm's "
-          f"sums, max pooling's gradient, bfloat16 convolution on AMX) for this CPU, once "
+          f"sums, max pooling and its gradient, bfloat16 convolution on AMX) for this CPU, "
+          f"once "
           f"per machine -> {out}",
           file=stream or sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".kernels-", suffix=".so")
@@ -200,7 +202,7 @@ def warn_unavailable() -> None:
     if not _warned:
         _warned.append(True)
         warnings.warn(f"zoo's compiled CPU kernels are not available ({why_not()}); "
-                      f"conv weight gradients, BatchNorm's sums and max pooling's gradient "
+                      f"conv weight gradients, BatchNorm's sums and max pooling "
                       f"use XLA's forms (slower). ConvPolicy(native=False) asks for XLA's "
                       f"without this warning", stacklevel=3)
 
