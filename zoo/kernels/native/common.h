@@ -93,8 +93,8 @@ void parallel_parts(xla::ffi::ThreadPool& pool, int64_t parts, F body) {
 
 }  // namespace zoo_native
 
-// A handler over two float32 buffers and a stride, returning one buffer (the convolution
-// and its weight gradient).
+// A handler over two float32 buffers and a stride, returning one buffer (the convolution's
+// weight gradient).
 #define ZOO_CONV_HANDLER(symbol, fn)                          \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                   \
                                 xla::ffi::Ffi::Bind()         \

@@ -108,7 +108,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
   // the geometry of the padded input the windows read, which is never built
   const Geometry g{xd[0], (od[1] - 1) * sh + kd[0], (od[2] - 1) * sw + kd[1], xd[3],
                    od[1], od[2], od[3], kd[0], kd[1], sh, sw};
-  if (g.k % 16 != 0 || kd[2] != g.c || od[0] != g.n || sh < 1 || sw < 1 || pt < 0 || pl < 0)
+  if (g.k % 16 != 0 || kd[2] != g.c || kd[3] != g.k || od[0] != g.n || sh < 1 || sw < 1 ||
+      pt < 0 || pl < 0)
     return ffi::Error::InvalidArgument(
         "zoo convolution: shapes do not fit (K a multiple of 16, stride >= 1, top and left "
         "padding >= 0)");
@@ -118,7 +119,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
   const float* w = wt.typed_data();
   float* out = y->typed_data();
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
-    std::vector<float> span((5 * sw + g.s) * g.c);   // the widest tile's window run
+    std::vector<float> span((5 * sw + g.s) * g.c);   // a 6-position tile's window run
     for (int64_t row = p * total / parts; row < (p + 1) * total / parts; ++row)
       output_row(g, in, x, w, row, out, span.data());
   });
