@@ -33,6 +33,7 @@ def xla_weight_grad(x, dy, w_shape, stride, padding, rounding):
     ((3, 12, 12, 8), (3, 3, 8, 32), 1, 1, "exact"),     # two vectors of output channels
     ((1, 9, 9, 4), (3, 3, 4, 80), 2, 0, "exact"),       # one image, 64 + 16 channels
     ((2, 20, 21, 5), (5, 3, 5, 6), (2, 1), (2, 1), "floor"),   # asymmetric; an unread border
+    ((3, 7, 9, 16), (3, 3, 16, 16), 1, 3, "exact"),   # windows of zeros only; chunks span images
 ])
 def test_equals_xlas_weight_gradient(x_shape, w_shape, stride, padding, rounding):
     x = normal(0, x_shape)

@@ -6,8 +6,8 @@
   convs' forward and stride-1 input gradient;
 - ``wgrad.cc``: the convolution weight gradient. XLA:CPU transposes the input and the output
   gradient and runs a general contraction over every output position: 62-104 GFLOP/s on
-  ResNet-18's big maps, where this direct form, the patches read in place and a tile of the
-  gradient in registers, reaches the matmul peak;
+  ResNet-18's big maps, where this direct form, the patches read in place (the padding
+  never built) and a tile of the gradient in registers, reaches the matmul peak;
 - ``bnsums.cc``: training BatchNorm's sums over N*H*W (the batch statistics; the two sums
   of its backward), each input read once, where XLA writes out ``(x - mean)^2`` and
   ``g * xhat`` for its products with a ones vector;
@@ -222,12 +222,11 @@ def _ready() -> None:
         raise NativeUnavailable(reason)
 
 
-def _padded(x, kernel_hw, stride, pads, out_hw):
-    """``x`` (float32) padded to exactly the rows and columns the windows read:
-    ``(out - 1) * stride + kernel``; a negative bottom or right crops."""
-    cfg = [(0, 0, 0)] + [(lo, (o - 1) * s + k - size - lo, 0) for (lo, _), o, s, k, size
-                         in zip(pads, out_hw, stride, kernel_hw, x.shape[1:3])] + [(0, 0, 0)]
-    return jax.lax.pad(x.astype(jnp.float32), jnp.float32(0), cfg)
+def _cropped(x, pads):
+    """``x`` without the rows and columns a negative top or left pad puts before every
+    window."""
+    (top, _), (left, _) = pads
+    return x[:, max(0, -top):, max(0, -left):, :] if top < 0 or left < 0 else x
 
 
 def _whole_vectors(w, dtype):
@@ -245,8 +244,7 @@ def conv(x, w, stride, pads, out_hw):
     ``out_hw``."""
     _ready()
     (top, _), (left, _) = pads
-    if top < 0 or left < 0:   # rows and columns no window reads
-        x = x[:, max(0, -top):, max(0, -left):, :]
+    x = _cropped(x, pads)
     k = w.shape[3]
     w = _whole_vectors(w, jnp.float32)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32)
@@ -298,16 +296,18 @@ def weight_grad(x, dy, kernel_hw, stride, pads):
     :class:`NativeUnavailable` where the kernel cannot run."""
     _ready()
     (kh, kw), (sh, sw) = kernel_hw, stride
+    x = _cropped(x, pads)
     c = x.shape[3]
     k = dy.shape[3]
-    xp = _padded(x, kernel_hw, stride, pads, dy.shape[1:3])
     kp = -(-k // LANES) * LANES
     g = dy.astype(jnp.float32)
     if kp != k:
         g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, kp - k)))
     out = jax.ShapeDtypeStruct((kh, kw, c, kp), jnp.float32)
+    (top, _), (left, _) = pads
     dw = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
-        xp, g, sh=np.int64(sh), sw=np.int64(sw))
+        x.astype(jnp.float32), g, sh=np.int64(sh), sw=np.int64(sw), pt=np.int64(max(0, top)),
+        pl=np.int64(max(0, left)))
     return dw[..., :k] if kp != k else dw
 
 

@@ -26,7 +26,7 @@ inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 // x = -0, so the compiler must keep that add and a register shuffle in the inner loop.)
 inline v16 splat16(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
-// A convolution over the padded input: its shapes and stride.
+// A convolution over its padded input (never built): the shapes and stride.
 struct Geometry {
   int64_t n, hp, wp, c;   // padded input
   int64_t ho, wo, k;      // output (or output gradient)
@@ -34,20 +34,28 @@ struct Geometry {
   int64_t sh, sw;         // stride
 };
 
-// g from the padded input's dims, the kernel's (R, S, C, K) and the output's (N, Ho, Wo, K),
-// or an error naming `what`: 4-D operands, whole vectors of output channels, the padded
-// input covering every window.
+// Where the windows lie in x: x's rows and columns, the padding on its top and left.
+struct Input {
+  int64_t h, w, pt, pl;
+};
+
+// g, the geometry of the padded input the windows read (never built), and in from x's
+// dims, the kernel's (R, S, C, K) and the output's (N, Ho, Wo, K); or an error naming
+// `what`: 4-D operands, whole vectors of output channels, strides >= 1, top and left
+// padding >= 0.
 template <typename Dims>
 xla::ffi::Error read_geometry(const char* what, Dims xd, Dims kd, Dims od, int64_t sh,
-                              int64_t sw, Geometry& g) {
+                              int64_t sw, int64_t pt, int64_t pl, Geometry& g, Input& in) {
   if (xd.size() != 4 || kd.size() != 4 || od.size() != 4)
     return xla::ffi::Error::InvalidArgument(std::string(what) + ": operands must be 4-D");
-  g = Geometry{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], kd[0], kd[1], sh, sw};
+  in = Input{xd[1], xd[2], pt, pl};
+  g = Geometry{xd[0], (od[1] - 1) * sh + kd[0], (od[2] - 1) * sw + kd[1], xd[3],
+               od[1], od[2], od[3], kd[0], kd[1], sh, sw};
   if (g.k % 16 != 0 || kd[2] != g.c || kd[3] != g.k || od[0] != g.n || sh < 1 || sw < 1 ||
-      (g.ho - 1) * sh + g.r > g.hp || (g.wo - 1) * sw + g.s > g.wp)
+      pt < 0 || pl < 0)
     return xla::ffi::Error::InvalidArgument(
-        std::string(what) + ": shapes do not fit (K a multiple of 16, the padded input "
-        "covering every window)");
+        std::string(what) + ": shapes do not fit (K a multiple of 16, stride >= 1, top and "
+        "left padding >= 0)");
   return xla::ffi::Error::Success();
 }
 
@@ -92,17 +100,5 @@ void parallel_parts(xla::ffi::ThreadPool& pool, int64_t parts, F body) {
 }
 
 }  // namespace zoo_native
-
-// A handler over two float32 buffers and a stride, returning one buffer (the convolution's
-// weight gradient).
-#define ZOO_CONV_HANDLER(symbol, fn)                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                   \
-                                xla::ffi::Ffi::Bind()         \
-                                    .Ctx<xla::ffi::ThreadPool>()               \
-                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>()    \
-                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>()    \
-                                    .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    \
-                                    .Attr<int64_t>("sh")                       \
-                                    .Attr<int64_t>("sw"))
 
 #endif  // ZOO_KERNELS_NATIVE_COMMON_H_

@@ -26,11 +26,6 @@ using namespace zoo_native;
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
 
 
-// Where the tile's windows lie in x: the padding on top and left, x's rows and columns.
-struct Input {
-  int64_t h, w, pt, pl;
-};
-
 // y[row, w0 : w0 + MR, k0 : k0 + 16 NV]; span: room for a tile's window run
 template <int MR, int NV>
 void tile(const Geometry& g, const Input& in, const float* x, const float* w, int64_t row,
@@ -101,18 +96,11 @@ void output_row(const Geometry& g, const Input& in, const float* x, const float*
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<ffi::F32> wt,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pl) {
-  const auto xd = xb.dimensions(), kd = wt.dimensions(), od = y->dimensions();
-  if (xd.size() != 4 || kd.size() != 4 || od.size() != 4)
-    return ffi::Error::InvalidArgument("zoo convolution: operands must be 4-D");
-  const Input in{xd[1], xd[2], pt, pl};
-  // the geometry of the padded input the windows read, which is never built
-  const Geometry g{xd[0], (od[1] - 1) * sh + kd[0], (od[2] - 1) * sw + kd[1], xd[3],
-                   od[1], od[2], od[3], kd[0], kd[1], sh, sw};
-  if (g.k % 16 != 0 || kd[2] != g.c || kd[3] != g.k || od[0] != g.n || sh < 1 || sw < 1 ||
-      pt < 0 || pl < 0)
-    return ffi::Error::InvalidArgument(
-        "zoo convolution: shapes do not fit (K a multiple of 16, stride >= 1, top and left "
-        "padding >= 0)");
+  Geometry g;
+  Input in;
+  const ffi::Error bad = read_geometry("zoo convolution", xb.dimensions(), wt.dimensions(),
+                                       y->dimensions(), sh, sw, pt, pl, g, in);
+  if (bad.failure()) return bad;
   const int64_t total = g.n * g.ho;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
   const float* x = xb.typed_data();
