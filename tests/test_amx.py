@@ -154,6 +154,21 @@ def test_the_benchmark_times_inference_without_the_tiles_where_they_run():
     assert "no_native" in bench.lever_variants(model, "infer", (2, 32, 32, 3), "float32")
 
 
+def test_relu_in_the_store_keeps_nan_as_xlas_max():
+    """A NaN input gives NaN outputs through the folded ReLU, as XLA's max gives, never 0."""
+    x, w = bf16(20, (1, 6, 6, 32)), bf16(21, (3, 3, 32, 16), 0.1)
+    x = x.at[0, 3, 3, 0].set(jnp.nan)
+    pads = ((1, 1), (1, 1))
+    got = tiles(jax.jit(native.amx_conv, static_argnums=(2, 3, 4, 7)),
+                x, w, (1, 1), pads, (6, 6), None, None, True)
+    if got is None:
+        return
+    want = jnp.maximum(xla_reference(x, w, 1, 1, "exact"), 0)
+    nan = np.isnan(np.asarray(want))
+    assert 0 < nan.sum() < nan.size
+    np.testing.assert_array_equal(np.isnan(np.asarray(got, np.float32)), nan)
+
+
 def test_a_padding_wider_than_the_kernel_keeps_xlas_input_gradient():
     """Padding 3 on a 3x3: the input gradient as a forward conv would need a negative pad,
     so XLA's runs; values and gradients as XLA's."""

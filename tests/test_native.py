@@ -274,6 +274,16 @@ def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding
     got = jax.jit(native.conv, static_argnums=(2, 3, 4))(x, w, stride, pads, want.shape[1:3])
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
                                atol=2e-6 * float(jnp.max(jnp.abs(want))))
+    # the per-channel terms in the store: y * scale + shift, then ReLU keeping NaN
+    scale, shift = normal(18, w_shape[3:]), normal(19, w_shape[3:])
+    x_nan = x.at[0, x_shape[1] // 2, x_shape[2] // 2, 0].set(jnp.nan)
+    got = jax.jit(native.conv, static_argnums=(2, 3, 4, 7))(x_nan, w, stride, pads,
+                                                           want.shape[1:3], scale, shift, True)
+    ref = jnp.maximum(conv2d(x_nan, w, stride=stride, padding=padding, rounding=rounding,
+                             impl="xla") * scale + shift, 0)
+    assert 0 < int(jnp.sum(jnp.isnan(ref))) < ref.size
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0,
+                               atol=4e-6 * float(jnp.nanmax(jnp.abs(ref))))
     if stride == (1, 1):
         dy = normal(17, want.shape)
         dx = jax.jit(native.input_grad, static_argnums=(2, 3))(dy, w, pads, x_shape[1:3])
@@ -304,3 +314,29 @@ def test_policy_gives_the_compiled_forward_to_image_convs_and_64_channel_maps():
     v = m.abstract_init((2, 224, 224, 3))[0]
     text = jax.jit(lambda p, s, x: m.apply(p, s, x)[0]).lower(v["params"], v["state"], x).as_text()
     assert text.count("@zoo_conv(") == 5                           # stem + 4 in layer1
+
+
+def test_batchnorm_and_relu_fold_into_the_compiled_forward_in_inference():
+    """float32 conv-BN(-ReLU) in inference where the conv runs the compiled forward: one
+    call, each BatchNorm's pass gone; values and inference-mode gradients (a perceptual
+    loss) as the unfolded program's."""
+    models = [zoo.create("resnet18", num_classes=10, conv_policy=p)
+              for p in (EVERYWHERE, ConvPolicy(native=False))]
+    v = models[0].init(jax.random.key(0), (2, 32, 32, 3))
+    state = jax.tree.map(lambda a: a + 0.1 * jnp.abs(normal(11, a.shape)), v["state"])
+    x = normal(12, (2, 32, 32, 3))
+
+    def loss(p, x, m):
+        return jnp.sum(jnp.tanh(m.apply(p, state, x)[0]))
+
+    logits = [jax.jit(lambda p, x, m=m: m.apply(p, state, x)[0]) for m in models]
+    text, unfolded = (f.lower(v["params"], x).as_text() for f in logits)
+    assert text.count("@zoo_conv(") == 5                 # the stem and layer1's four convs
+    # one multiply of an activation by its scale per BatchNorm, gone in those five
+    assert unfolded.count("stablehlo.multiply") - text.count("stablehlo.multiply") == 5
+    got, want = (np.asarray(f(v["params"], x)) for f in logits)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.max(np.abs(want)))
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    for a, b in zip(*(jax.tree.leaves(grad(v["params"], x, m)) for m in models)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                                   atol=1e-4 * float(jnp.max(jnp.abs(b))) + 1e-7)

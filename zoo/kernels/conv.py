@@ -294,23 +294,34 @@ _custom_conv.defvjp(_custom_fwd, _custom_bwd)
 class Epilogue(NamedTuple):
     """What follows a conv in inference, as per-channel terms: ``y * scale + shift``
     (float32) and then ReLU where ``relu``. ``after`` computes the same from the conv's
-    output by the layers' own forms: what runs where the conv is not ``'amx'``."""
+    output by the layers' own forms: what runs where the conv's forward is not compiled by
+    zoo (:func:`_folds`)."""
     scale: object
     shift: object
     relu: bool
     after: object
 
 
-def _tiles_affine(x, w, scale, shift, meta: CustomConv, relu: bool):
-    return native.amx_conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw, scale, shift,
-                           relu)
+def _folds(forward: str) -> bool:
+    """Whether a custom conv's ``forward`` applies an :class:`Epilogue` in its store: zoo's
+    compiled forwards, where they run."""
+    return ((forward == "amx" and _tiles())
+            or (forward == "native" and native.usable()))
 
 
-def _tiles_affine_fwd(x, w, scale, shift, meta, relu):
-    return _tiles_affine(x, w, scale, shift, meta, relu), (x, w, scale, shift)
+def _affine(x, w, scale, shift, meta: CustomConv, relu: bool):
+    if meta.forward == "amx":
+        return native.amx_conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw, scale,
+                               shift, relu)
+    return native.conv(x, w, meta.geom.stride, meta.geom.pads, meta.out_hw, scale, shift,
+                       relu).astype(x.dtype)
 
 
-def _tiles_affine_bwd(meta, relu, res, dy):
+def _affine_fwd(x, w, scale, shift, meta, relu):
+    return _affine(x, w, scale, shift, meta, relu), (x, w, scale, shift)
+
+
+def _affine_bwd(meta, relu, res, dy):
     # the gradients of the unfused form: the conv (its own VJP), then the float32 terms
     def unfused(x, w, scale, shift):
         z = _custom_conv(x, w, meta).astype(jnp.float32) * scale + shift
@@ -318,8 +329,8 @@ def _tiles_affine_bwd(meta, relu, res, dy):
     return jax.vjp(unfused, *res)[1](dy.astype(res[0].dtype))
 
 
-_fused_conv = jax.custom_vjp(_tiles_affine, nondiff_argnums=(4, 5))
-_fused_conv.defvjp(_tiles_affine_fwd, _tiles_affine_bwd)
+_fused_conv = jax.custom_vjp(_affine, nondiff_argnums=(4, 5))
+_fused_conv.defvjp(_affine_fwd, _affine_bwd)
 
 
 class Recipe(NamedTuple):
@@ -399,8 +410,9 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
     ``impl``: one of :data:`~zoo.kernels.policy.IMPLS`, or None/``'auto'`` for ``policy``'s
     choice (default :class:`ConvPolicy()`; ``train``: its choice for a train step). The result
     has ``x``'s dtype; low-precision inputs accumulate as the policy says. ``where`` names
-    the layer in errors. ``epilogue``: applied to the result, in the tiles' output (one
-    rounding) where the conv runs as ``'amx'``, else by its ``after``."""
+    the layer in errors. ``epilogue``: applied to the result in the store of zoo's compiled
+    forward where the conv runs one (``'amx'``, one rounding; float32 convs the policy
+    gives the compiled forward), else by its ``after``."""
     policy = policy or DEFAULT_POLICY
     g, padding = geometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, rounding=rounding, dtype=x.dtype, where=where)
@@ -431,7 +443,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
             grad = "autodiff"   # the input gradient as a forward conv needs both
         meta = CustomConv(geom, tuple(g.out_hw), forward, grad, wgrad,
                           int(policy.chunk_bytes), bool(store))
-        if epilogue is not None and forward == "amx" and _tiles():
+        if epilogue is not None and _folds(forward):
             return _fused_conv(x, w, epilogue.scale, epilogue.shift, meta, bool(epilogue.relu))
         y = _custom_conv(x, w, meta)
     y = y.astype(x.dtype)

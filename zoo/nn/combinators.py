@@ -70,12 +70,15 @@ def _apply_children(items, params, state, x, train, rng, policy):
 
 def _foldable(items, i, x, train, policy) -> list:
     """The layers after ``items[i]`` that fold into its output: in inference, a conv that
-    runs in bfloat16 on AMX tiles followed by BatchNorm and/or ReLU; none whose outputs
-    before the last are asked for, none while a summary records the layers."""
+    may run on zoo's compiled forward (float32, or bfloat16 on AMX tiles) followed by
+    BatchNorm and/or ReLU (the conv applies them by their own forms where its forward is
+    XLA's); none whose outputs before the last are asked for, none while a summary records
+    the layers."""
     name, layer = items[i]
+    dtype = jnp.dtype(x.dtype)
     if (train or layer.kind != "conv" or not isinstance(x, jax.core.Tracer)
-            or jnp.dtype(x.dtype) != jnp.bfloat16 or recorder() is not None
-            or not (policy or DEFAULT_POLICY).native or not native.amx_here()):
+            or recorder() is not None or not (policy or DEFAULT_POLICY).native
+            or not (dtype == jnp.float32 or (dtype == jnp.bfloat16 and native.amx_here()))):
         return []
     out = []
     for kind, names in (("batchnorm", None), ("activation", ("relu",))):

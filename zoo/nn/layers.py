@@ -77,7 +77,8 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
     def apply(params, state, x, *, train=False, rng=None, policy=None, then=None):
         """``then``: ``(scale, shift, relu, after)``, the inference layers that follow it as
         per-channel terms (scale None: 1) and as a function of this layer's output; folded
-        into the conv's output where the conv runs on AMX tiles (nn.Sequential passes it)."""
+        into the store of zoo's compiled forward where the conv runs one (nn.Sequential
+        passes it)."""
         w = dense_kernel(params, x.shape[3])
         where = current_path()
         args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,

@@ -238,20 +238,32 @@ def _whole_vectors(w, dtype):
     return jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, kp - k))) if kp != k else w
 
 
-def conv(x, w, stride, pads, out_hw):
+def conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
     """The NHWC x HWIO convolution (float32) with ``stride``, per-side ``pads`` (zeros read
     in place, never built; a negative pad: a border no window reads) and output map
-    ``out_hw``."""
+    ``out_hw``, then ``* scale + shift`` per output channel (default 1 and 0) and
+    ``max(., 0)`` where ``relu``, in the store (no pass of their own)."""
     _ready()
     (top, _), (left, _) = pads
     x = _cropped(x, pads)
     k = w.shape[3]
     w = _whole_vectors(w, jnp.float32)
-    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32)
+    kp = w.shape[3]
+    scale, shift = _terms(scale, shift, k, kp)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kp), jnp.float32)
     y = jax.ffi.ffi_call("zoo_conv", out, vmap_method="sequential")(
-        x.astype(jnp.float32), w, sh=np.int64(stride[0]), sw=np.int64(stride[1]),
-        pt=np.int64(max(0, top)), pl=np.int64(max(0, left)))
-    return y[..., :k] if w.shape[3] != k else y
+        x.astype(jnp.float32), w, scale, shift, sh=np.int64(stride[0]),
+        sw=np.int64(stride[1]), pt=np.int64(max(0, top)), pl=np.int64(max(0, left)),
+        relu=bool(relu))
+    return y[..., :k] if kp != k else y
+
+
+def _terms(scale, shift, k, kp):
+    """Per-channel ``scale`` and ``shift`` (float32; None: 1 and 0) for ``k`` channels,
+    padded to ``kp`` with 1 and 0."""
+    scale = jnp.ones((k,), jnp.float32) if scale is None else scale.astype(jnp.float32)
+    shift = jnp.zeros((k,), jnp.float32) if shift is None else shift.astype(jnp.float32)
+    return (jnp.pad(scale, (0, kp - k), constant_values=1.0), jnp.pad(shift, (0, kp - k)))
 
 
 def amx_conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
@@ -268,13 +280,12 @@ def amx_conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
     k = w.shape[3]
     w = _whole_vectors(w, jnp.bfloat16)
     kp = w.shape[3]
-    scale = jnp.ones((k,), jnp.float32) if scale is None else scale.astype(jnp.float32)
-    shift = jnp.zeros((k,), jnp.float32) if shift is None else shift.astype(jnp.float32)
+    scale, shift = _terms(scale, shift, k, kp)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kp), jnp.bfloat16)
     y = jax.ffi.ffi_call("zoo_amx_conv", out, vmap_method="sequential")(
-        x.astype(jnp.bfloat16), w, jnp.pad(scale, (0, kp - k), constant_values=1.0),
-        jnp.pad(shift, (0, kp - k)), sh=np.int64(stride[0]), sw=np.int64(stride[1]),
-        pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]), relu=bool(relu))
+        x.astype(jnp.bfloat16), w, scale, shift, sh=np.int64(stride[0]),
+        sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]),
+        relu=bool(relu))
     return y[..., :k] if kp != k else y
 
 

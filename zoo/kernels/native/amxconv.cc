@@ -150,7 +150,8 @@ inline void store_tile(const float* acc, const int64_t* out_row, uint16_t* y, in
   for (int i = 0; i < 16; ++i) {
     if (out_row[i] < 0) continue;
     __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(acc + 16 * i), scale, shift);
-    if (e.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    // NaN kept, as XLA's max keeps it: maxps returns its second operand where one is NaN
+    if (e.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
     const __m256bh b = _mm512_cvtneps_pbh(v);
     std::memcpy(y + out_row[i] * k + k0, &b, 32);
   }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -33,6 +34,19 @@ struct Geometry {
   int64_t r, s;           // kernel
   int64_t sh, sw;         // stride
 };
+
+// f(std::integral_constant<int, v>{}) for v in [1, N] (below 1: 1): a tile's extent, known
+// at run time, as the compile-time constant its register tile is built for.
+template <int N, typename F>
+void as_constant(int v, F&& f) {
+  if constexpr (N == 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if (v >= N) {
+    f(std::integral_constant<int, N>{});
+  } else {
+    as_constant<N - 1>(v, f);
+  }
+}
 
 // Where the windows lie in x: x's rows and columns, the padding on its top and left.
 struct Input {

@@ -1,14 +1,16 @@
 // The forward of a 2-D convolution, float32, as an XLA FFI handler for the CPU:
 //
-//   y[n, h, w, k] = sum over r, s, c of  x[n, h*sh + r - pt, w*sw + s - pl, c] * W[r, s, c, k]
+//   z[n, h, w, k] = sum over r, s, c of  x[n, h*sh + r - pt, w*sw + s - pl, c] * W[r, s, c, k]
+//   y[n, h, w, k] = z * scale[k] + shift[k], then max(y, 0) where relu
 //
 // x is NHWC (zero outside it: the padding is read in place, never copied), W is HWIO, y
 // NHWC. For one kernel row r the S*C values an output position reads are one contiguous
 // window of an x row, and W[r] is (S*C x K): a register tile of 6 output positions by 64
 // output channels (24 AVX-512 accumulators) runs down the R*S*C window once and is stored
-// once. Kernel rows outside x add nothing; a tile whose windows cross the left or right
-// edge reads them from a small zero-filled copy. Each output row is computed by one thread:
-// the same bits on every run.
+// once, through the per-channel terms (an inference BatchNorm, a bias, a ReLU folded into
+// the store: no pass of their own over y). Kernel rows outside x add nothing; a tile whose
+// windows cross the left or right edge reads them from a small zero-filled copy. Each
+// output row is computed by one thread: the same bits on every run.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -26,10 +28,18 @@ using namespace zoo_native;
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
 
 
+// What the store applies: y = z * scale + shift per output channel, then max(y, 0) where
+// relu (NaN kept, as XLA's max keeps it).
+struct Epilogue {
+  const float* scale;
+  const float* shift;
+  bool relu;
+};
+
 // y[row, w0 : w0 + MR, k0 : k0 + 16 NV]; span: room for a tile's window run
 template <int MR, int NV>
-void tile(const Geometry& g, const Input& in, const float* x, const float* w, int64_t row,
-          int64_t w0, int64_t k0, float* y, float* span) {
+void tile(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
+          const float* w, int64_t row, int64_t w0, int64_t k0, float* y, float* span) {
   v16 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = v16{};
@@ -60,47 +70,46 @@ void tile(const Geometry& g, const Input& in, const float* x, const float* w, in
     }
   }
   float* out = y + (row * g.wo + w0) * g.k + k0;
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) store16(out + i * g.k + 16 * j, acc[i][j]);
-}
-
-template <int NV>
-void tile_cols(int mr, const Geometry& g, const Input& in, const float* x, const float* w,
-               int64_t row, int64_t w0, int64_t k0, float* y, float* span) {
-  switch (mr) {
-    case 6: return tile<6, NV>(g, in, x, w, row, w0, k0, y, span);
-    case 5: return tile<5, NV>(g, in, x, w, row, w0, k0, y, span);
-    case 4: return tile<4, NV>(g, in, x, w, row, w0, k0, y, span);
-    case 3: return tile<3, NV>(g, in, x, w, row, w0, k0, y, span);
-    case 2: return tile<2, NV>(g, in, x, w, row, w0, k0, y, span);
-    default: return tile<1, NV>(g, in, x, w, row, w0, k0, y, span);
+  const v16 zero{};
+  for (int j = 0; j < NV; ++j) {
+    const v16 scale = load16(e.scale + k0 + 16 * j), shift = load16(e.shift + k0 + 16 * j);
+    for (int i = 0; i < MR; ++i) {
+      v16 v = acc[i][j] * scale + shift;
+      if (e.relu) v = v < zero ? zero : v;
+      store16(out + i * g.k + 16 * j, v);
+    }
   }
 }
 
-void output_row(const Geometry& g, const Input& in, const float* x, const float* w,
-                int64_t row, float* y, float* span) {
+void output_row(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
+                const float* w, int64_t row, float* y, float* span) {
   for (int64_t k0 = 0; k0 < g.k; k0 += 64) {
     const int nv = static_cast<int>(std::min<int64_t>(4, (g.k - k0) / 16));
     for (int64_t w0 = 0; w0 < g.wo; w0 += 6) {
       const int mr = static_cast<int>(std::min<int64_t>(6, g.wo - w0));
-      switch (nv) {
-        case 4: tile_cols<4>(mr, g, in, x, w, row, w0, k0, y, span); break;
-        case 3: tile_cols<3>(mr, g, in, x, w, row, w0, k0, y, span); break;
-        case 2: tile_cols<2>(mr, g, in, x, w, row, w0, k0, y, span); break;
-        default: tile_cols<1>(mr, g, in, x, w, row, w0, k0, y, span); break;
-      }
+      as_constant<4>(nv, [&](auto vectors) {
+        as_constant<6>(mr, [&](auto rows) {
+          constexpr int MR = decltype(rows)::value, NV = decltype(vectors)::value;
+          tile<MR, NV>(g, in, e, x, w, row, w0, k0, y, span);
+        });
+      });
     }
   }
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<ffi::F32> wt,
+                   ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pl) {
+                   int64_t pl, bool relu) {
   Geometry g;
   Input in;
   const ffi::Error bad = read_geometry("zoo convolution", xb.dimensions(), wt.dimensions(),
                                        y->dimensions(), sh, sw, pt, pl, g, in);
   if (bad.failure()) return bad;
+  if (static_cast<int64_t>(scale.element_count()) != g.k ||
+      static_cast<int64_t>(shift.element_count()) != g.k)
+    return ffi::Error::InvalidArgument("zoo convolution: give K scales and shifts");
+  const Epilogue e{scale.typed_data(), shift.typed_data(), relu};
   const int64_t total = g.n * g.ho;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
   const float* x = xb.typed_data();
@@ -109,7 +118,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
     std::vector<float> span((5 * sw + g.s) * g.c);   // a 6-position tile's window run
     for (int64_t row = p * total / parts; row < (p + 1) * total / parts; ++row)
-      output_row(g, in, x, w, row, out, span.data());
+      output_row(g, in, e, x, w, row, out, span.data());
   });
   return ffi::Error::Success();
 }
@@ -121,8 +130,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+                                  .Attr<int64_t>("pl")
+                                  .Attr<bool>("relu"));

@@ -91,19 +91,6 @@ void tile(const Geometry& g, const float* xp, const int64_t* at, const float* dy
     for (int j = 0; j < NV; ++j) store16(out + i * g.k + 16 * j, acc[i][j]);
 }
 
-template <int NV>
-void tile_rows(int mr, const Geometry& g, const float* xp, const int64_t* at, const float* dy,
-               int64_t row0, int64_t row1, int64_t r, int64_t m0, int64_t k0, float* out) {
-  switch (mr) {
-    case 6: return tile<6, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-    case 5: return tile<5, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-    case 4: return tile<4, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-    case 3: return tile<3, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-    case 2: return tile<2, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-    default: return tile<1, NV>(g, xp, at, dy, row0, row1, r, m0, k0, out);
-  }
-}
-
 // every tile of dW (R, S*C, K) over output rows [row0, row1) of the (n, h) grid
 void chunk(const Geometry& g, const float* xp, const int64_t* at, const float* dy,
            int64_t row0, int64_t row1, float* out) {
@@ -114,12 +101,12 @@ void chunk(const Geometry& g, const float* xp, const int64_t* at, const float* d
       for (int64_t m0 = 0; m0 < m; m0 += kRows) {
         const int mr = static_cast<int>(std::min<int64_t>(kRows, m - m0));
         float* o = out + (r * m + m0) * g.k + k0;
-        switch (nv) {
-          case 4: tile_rows<4>(mr, g, xp, at, dy, row0, row1, r, m0, k0, o); break;
-          case 3: tile_rows<3>(mr, g, xp, at, dy, row0, row1, r, m0, k0, o); break;
-          case 2: tile_rows<2>(mr, g, xp, at, dy, row0, row1, r, m0, k0, o); break;
-          default: tile_rows<1>(mr, g, xp, at, dy, row0, row1, r, m0, k0, o); break;
-        }
+        as_constant<kVectors>(nv, [&](auto vectors) {
+          as_constant<kRows>(mr, [&](auto rows) {
+            constexpr int MR = decltype(rows)::value, NV = decltype(vectors)::value;
+            tile<MR, NV>(g, xp, at, dy, row0, row1, r, m0, k0, o);
+          });
+        });
       }
     }
   }
