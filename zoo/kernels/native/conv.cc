@@ -26,6 +26,8 @@ namespace {
 using namespace zoo_native;
 
 constexpr int64_t kParts = 64;   // parts of the output rows, at most
+constexpr int kRows = 6;         // output positions per register tile
+constexpr int kVectors = 4;      // vectors of 16 output channels per register tile
 
 
 // What the store applies: y = z * scale + shift per output channel, then max(y, 0) where
@@ -83,12 +85,12 @@ void tile(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
 
 void output_row(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
                 const float* w, int64_t row, float* y, float* span) {
-  for (int64_t k0 = 0; k0 < g.k; k0 += 64) {
-    const int nv = static_cast<int>(std::min<int64_t>(4, (g.k - k0) / 16));
-    for (int64_t w0 = 0; w0 < g.wo; w0 += 6) {
-      const int mr = static_cast<int>(std::min<int64_t>(6, g.wo - w0));
-      as_constant<4>(nv, [&](auto vectors) {
-        as_constant<6>(mr, [&](auto rows) {
+  for (int64_t k0 = 0; k0 < g.k; k0 += 16 * kVectors) {
+    const int nv = static_cast<int>(std::min<int64_t>(kVectors, (g.k - k0) / 16));
+    for (int64_t w0 = 0; w0 < g.wo; w0 += kRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kRows, g.wo - w0));
+      as_constant<kVectors>(nv, [&](auto vectors) {
+        as_constant<kRows>(mr, [&](auto rows) {
           constexpr int MR = decltype(rows)::value, NV = decltype(vectors)::value;
           tile<MR, NV>(g, in, e, x, w, row, w0, k0, y, span);
         });
@@ -116,7 +118,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
   const float* w = wt.typed_data();
   float* out = y->typed_data();
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
-    std::vector<float> span((5 * sw + g.s) * g.c);   // a 6-position tile's window run
+    std::vector<float> span(((kRows - 1) * sw + g.s) * g.c);   // a tile's window run
     for (int64_t row = p * total / parts; row < (p + 1) * total / parts; ++row)
       output_row(g, in, e, x, w, row, out, span.data());
   });
