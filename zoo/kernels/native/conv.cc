@@ -62,6 +62,7 @@ void tile(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
       a = span;
     }
     const float* b = w + r * m * g.k + k0;
+#pragma GCC unroll 4   // fewer branches and pointer steps per FMA
     for (int64_t q = 0; q < m; ++q, ++a, b += g.k) {
       v16 bv[NV];
       for (int j = 0; j < NV; ++j) bv[j] = load16(b + 16 * j);
