@@ -29,7 +29,7 @@ inline v16 splat16(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, 
 
 // A convolution over its padded input (never built): the shapes and stride.
 struct Geometry {
-  int64_t n, hp, wp, c;   // padded input
+  int64_t n, wp, c;       // images, the padded input's width, channels
   int64_t ho, wo, k;      // output (or output gradient)
   int64_t r, s;           // kernel
   int64_t sh, sw;         // stride
@@ -63,8 +63,8 @@ xla::ffi::Error read_geometry(const char* what, Dims xd, Dims kd, Dims od, int64
   if (xd.size() != 4 || kd.size() != 4 || od.size() != 4)
     return xla::ffi::Error::InvalidArgument(std::string(what) + ": operands must be 4-D");
   in = Input{xd[1], xd[2], pt, pl};
-  g = Geometry{xd[0], (od[1] - 1) * sh + kd[0], (od[2] - 1) * sw + kd[1], xd[3],
-               od[1], od[2], od[3], kd[0], kd[1], sh, sw};
+  g = Geometry{xd[0], (od[2] - 1) * sw + kd[1], xd[3], od[1], od[2], od[3], kd[0], kd[1],
+               sh, sw};
   if (g.k % 16 != 0 || kd[2] != g.c || kd[3] != g.k || od[0] != g.n || sh < 1 || sw < 1 ||
       pt < 0 || pl < 0)
     return xla::ffi::Error::InvalidArgument(
