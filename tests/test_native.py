@@ -264,6 +264,10 @@ def test_max_pool_gradient_routes_as_the_xla_form(shape, window, stride, padding
     # padding wider than the kernel: whole rows and tiles in it, tiles over both edges, and an
     # input gradient whose own padding is negative
     ((1, 4, 5, 8), (3, 3, 8, 16), 1, 3, "exact"),
+    # small maps: tiles over row and image ends; 144 = 2 * 64 + 16 channels in packed blocks,
+    # and a kernel whose blocks exceed a part's share of W (one block per part)
+    ((3, 5, 5, 24), (3, 3, 24, 144), 1, 1, "exact"),
+    ((2, 3, 3, 512), (3, 3, 512, 80), 1, 1, "exact"),
 ])
 def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding, rounding):
     x, w = normal(15, x_shape), normal(16, w_shape) * 0.1

@@ -8,9 +8,13 @@
 // window of an x row, and W[r] is (S*C x K): a register tile of 6 output positions by 64
 // output channels (24 AVX-512 accumulators) runs down the R*S*C window once and is stored
 // once, through the per-channel terms (an inference BatchNorm, a bias, a ReLU folded into
-// the store: no pass of their own over y). Kernel rows outside x add nothing; a tile whose
-// windows cross the left or right edge reads them from a small zero-filled copy. Each
-// output row is computed by one thread: the same bits on every run.
+// the store: no pass of their own over y). The positions of a tile are 6 consecutive ones of
+// the whole (n, h, w) grid, so a 7x7 map wastes no lanes on a row's tail; a window that
+// crosses the left or right edge is read from a small zero-filled copy, a kernel row above
+// or below the map from zeros. W is packed into blocks of 64 output channels, and work goes
+// in parts of (the blocks whose W fits half an L2, a run of tiles): a part reads each window
+// once for all its blocks and keeps their W in L2 over the run. Each output is computed by
+// one part: the same bits on every run.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -25,9 +29,11 @@ namespace {
 
 using namespace zoo_native;
 
-constexpr int64_t kParts = 64;   // parts of the output rows, at most
 constexpr int kRows = 6;         // output positions per register tile
 constexpr int kVectors = 4;      // vectors of 16 output channels per register tile
+constexpr int64_t kParts = 128;  // parts of the work, about ...
+constexpr int64_t kMinRun = 16;  // ... but at least this many tiles each
+constexpr int64_t kGroupBytes = 1 << 20;   // W read by one part, at most (half an L2)
 
 
 // What the store applies: y = z * scale + shift per output channel, then max(y, 0) where
@@ -38,41 +44,61 @@ struct Epilogue {
   bool relu;
 };
 
-// y[row, w0 : w0 + MR, k0 : k0 + 16 NV]; span: room for a tile's window run
+// y[p0 : p0 + MR, k0 : k0 + 16 NV] over the flattened (n, h, w) positions; wb: W's columns
+// k0 onwards with rows ldb apart; span: room for MR windows of one kernel row, zeros: one
+// window of zeros
 template <int MR, int NV>
 void tile(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
-          const float* w, int64_t row, int64_t w0, int64_t k0, float* y, float* span) {
+          const float* wb, int64_t ldb, int64_t p0, int64_t k0, float* y, float* span,
+          const float* zeros) {
   v16 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = v16{};
-  const int64_t n = row / g.ho, h = row % g.ho, m = g.s * g.c, a_step = g.sw * g.c;
-  const int64_t col0 = w0 * g.sw - in.pl, cols = (MR - 1) * g.sw + g.s;
-  const bool inside = col0 >= 0 && col0 + cols <= in.w;
+  const int64_t m = g.s * g.c, plane = g.ho * g.wo;
+  int64_t n[MR], top[MR], col0[MR];
+  for (int i = 0; i < MR; ++i) {
+    const int64_t p = p0 + i, q = p % plane;
+    n[i] = p / plane;
+    top[i] = (q / g.wo) * g.sh - in.pt;
+    col0[i] = (q % g.wo) * g.sw - in.pl;
+  }
   for (int64_t r = 0; r < g.r; ++r) {
-    const int64_t ih = h * g.sh + r - in.pt;
-    if (ih < 0 || ih >= in.h) continue;
-    const float* src = x + (n * in.h + ih) * in.w * g.c;
-    const float* a = src + col0 * g.c;
-    if (!inside) {   // columns [lo, hi) of the run are in x, the rest zeros
-      const int64_t lo = std::min(cols, std::max<int64_t>(0, -col0));
-      const int64_t hi = std::max(lo, std::min(cols, in.w - col0));
-      std::memset(span, 0, lo * g.c * sizeof(float));
-      std::memcpy(span + lo * g.c, src + (col0 + lo) * g.c, (hi - lo) * g.c * sizeof(float));
-      std::memset(span + hi * g.c, 0, (cols - hi) * g.c * sizeof(float));
-      a = span;
+    const float* a[MR];
+    bool any = false;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t ih = top[i] + r;
+      if (ih < 0 || ih >= in.h) {
+        a[i] = zeros;
+        continue;
+      }
+      any = true;
+      const float* src = x + (n[i] * in.h + ih) * in.w * g.c;
+      if (col0[i] >= 0 && col0[i] + g.s <= in.w) {
+        a[i] = src + col0[i] * g.c;
+        continue;
+      }
+      // columns [lo, hi) of the window are in x, the rest zeros
+      float* dst = span + i * m;
+      const int64_t lo = std::min(g.s, std::max<int64_t>(0, -col0[i]));
+      const int64_t hi = std::max(lo, std::min(g.s, in.w - col0[i]));
+      std::memset(dst, 0, lo * g.c * sizeof(float));
+      std::memcpy(dst + lo * g.c, src + (col0[i] + lo) * g.c, (hi - lo) * g.c * sizeof(float));
+      std::memset(dst + hi * g.c, 0, (g.s - hi) * g.c * sizeof(float));
+      a[i] = dst;
     }
-    const float* b = w + r * m * g.k + k0;
+    if (!any) continue;
+    const float* b = wb + r * m * ldb;
 #pragma GCC unroll 4   // fewer branches and pointer steps per FMA
-    for (int64_t q = 0; q < m; ++q, ++a, b += g.k) {
+    for (int64_t q = 0; q < m; ++q, b += ldb) {
       v16 bv[NV];
       for (int j = 0; j < NV; ++j) bv[j] = load16(b + 16 * j);
       for (int i = 0; i < MR; ++i) {
-        const v16 av = splat16(a[i * a_step]);
+        const v16 av = splat16(a[i][q]);
         for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
       }
     }
   }
-  float* out = y + (row * g.wo + w0) * g.k + k0;
+  float* out = y + p0 * g.k + k0;
   const v16 zero{};
   for (int j = 0; j < NV; ++j) {
     const v16 scale = load16(e.scale + k0 + 16 * j), shift = load16(e.shift + k0 + 16 * j);
@@ -80,22 +106,6 @@ void tile(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
       v16 v = acc[i][j] * scale + shift;
       if (e.relu) v = v < zero ? zero : v;
       store16(out + i * g.k + 16 * j, v);
-    }
-  }
-}
-
-void output_row(const Geometry& g, const Input& in, const Epilogue& e, const float* x,
-                const float* w, int64_t row, float* y, float* span) {
-  for (int64_t k0 = 0; k0 < g.k; k0 += 16 * kVectors) {
-    const int nv = static_cast<int>(std::min<int64_t>(kVectors, (g.k - k0) / 16));
-    for (int64_t w0 = 0; w0 < g.wo; w0 += kRows) {
-      const int mr = static_cast<int>(std::min<int64_t>(kRows, g.wo - w0));
-      as_constant<kVectors>(nv, [&](auto vectors) {
-        as_constant<kRows>(mr, [&](auto rows) {
-          constexpr int MR = decltype(rows)::value, NV = decltype(vectors)::value;
-          tile<MR, NV>(g, in, e, x, w, row, w0, k0, y, span);
-        });
-      });
     }
   }
 }
@@ -113,15 +123,53 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
       static_cast<int64_t>(shift.element_count()) != g.k)
     return ffi::Error::InvalidArgument("zoo convolution: give K scales and shifts");
   const Epilogue e{scale.typed_data(), shift.typed_data(), relu};
-  const int64_t total = g.n * g.ho;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kParts, total));
+  const int64_t width = 16 * kVectors, m = g.s * g.c, rows = g.r * m;
+  const int64_t positions = g.n * g.ho * g.wo, tiles = (positions + kRows - 1) / kRows;
+  const int64_t blocks = (g.k + width - 1) / width;
+  // a part takes as many blocks as keep their W within kGroupBytes, for a run of tiles: each
+  // window is read once for all of them, and W stays in L2 over the run
+  const int64_t group = std::clamp<int64_t>(
+      kGroupBytes / (rows * width * int64_t(sizeof(float))), 1, blocks);
+  const int64_t groups = (blocks + group - 1) / group;
+  const int64_t run = std::max<int64_t>(
+      std::min(kMinRun, tiles), (tiles * groups + kParts - 1) / kParts);
+  const int64_t runs = (tiles + run - 1) / run;
   const float* x = xb.typed_data();
-  const float* w = wt.typed_data();
   float* out = y->typed_data();
-  zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
-    std::vector<float> span(((kRows - 1) * sw + g.s) * g.c);   // a tile's window run
-    for (int64_t row = p * total / parts; row < (p + 1) * total / parts; ++row)
-      output_row(g, in, e, x, w, row, out, span.data());
+  // W as its blocks of 64 output channels, each (R*S*C x 64) contiguous: rows K floats apart
+  // would map a block onto a fraction of L2's sets and stream it from memory for each tile.
+  // The buffer stays with the calling thread: no fresh pages on every call.
+  const float* w = wt.typed_data();
+  if (blocks > 1) {
+    thread_local std::vector<float> packed;
+    if (packed.size() < static_cast<size_t>(rows * g.k)) packed.resize(rows * g.k);
+    float* dst = packed.data();
+    zoo_native::parallel_parts(pool, blocks, [&](int64_t kb) {
+      const int64_t k0 = kb * width, cols = std::min(width, g.k - k0);
+      for (int64_t q = 0; q < rows; ++q)
+        std::memcpy(dst + k0 * rows + q * cols, w + q * g.k + k0, cols * sizeof(float));
+    });
+    w = dst;
+  }
+  zoo_native::parallel_parts(pool, groups * runs, [&](int64_t part) {
+    std::vector<float> span(kRows * m), zeros(m, 0.0f);
+    const int64_t kb0 = part / runs * group, kb1 = std::min(blocks, kb0 + group);
+    const int64_t t0 = part % runs * run, t1 = std::min(tiles, t0 + run);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t * kRows;
+      const int mr = static_cast<int>(std::min<int64_t>(kRows, positions - p0));
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
+        const int64_t k0 = kb * width;
+        const int64_t ldb = blocks > 1 ? std::min(width, g.k - k0) : g.k;
+        const float* wb = blocks > 1 ? w + k0 * rows : w + k0;
+        as_constant<kVectors>(static_cast<int>(ldb / 16), [&](auto vectors) {
+          as_constant<kRows>(mr, [&](auto rows_) {
+            constexpr int MR = decltype(rows_)::value, NV = decltype(vectors)::value;
+            tile<MR, NV>(g, in, e, x, wb, ldb, p0, k0, out, span.data(), zeros.data());
+          });
+        });
+      }
+    }
   });
   return ffi::Error::Success();
 }
