@@ -78,6 +78,16 @@ def test_policy_gives_it_the_custom_convs_of_big_float32_maps_in_train_steps():
     assert native.TARGET not in lowered(ConvPolicy(), (2, 20, 20, 8), (3, 3, 4, 16), groups=2)
     g = ConvGeometry((2, 20, 20, 8), (3, 3, 8, 16), (1, 1), (2, 2), 1, (16, 16))
     assert not ConvPolicy().native_grad(g)                         # dilated
+    def strided(hw):
+        return ConvGeometry((2, hw, hw, 8), (3, 3, 8, 16), (2, 2), (1, 1), 1, (hw // 2, hw // 2))
+    assert ConvPolicy().native_grad(strided(28))                   # 196 out, 784 in
+    assert not ConvPolicy().native_grad(strided(14))               # 49 out, 196 in
+    # Winograd's 28x28 layers take the compiled forward and gradients in a train step only
+    p = ConvPolicy()
+    g28 = ConvGeometry((32, 28, 28, 128), (3, 3, 128, 128), (1, 1), (1, 1), 1, (28, 28))
+    g14 = ConvGeometry((32, 14, 14, 256), (3, 3, 256, 256), (1, 1), (1, 1), 1, (14, 14))
+    assert (p.rule(g28), p.rule(g28, train=True)) == ("winograd", "xla+stored")
+    assert (p.rule(g14), p.rule(g14, train=True)) == ("winograd", "winograd")
     with pytest.raises(ValueError, match="native_grad_min_map"):
         ConvPolicy(native_grad_min_map=-1)
 
@@ -297,18 +307,21 @@ def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding
                                    atol=2e-6 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_policy_gives_the_compiled_forward_to_image_convs_and_64_channel_maps():
+def test_policy_gives_the_compiled_forward_to_image_convs_and_maps_up_to_its_cap():
     p = ConvPolicy()
-    def g(x, w, out, stride=(1, 1), dtype=jnp.float32):
-        return ConvGeometry(x, w, stride, (1, 1), 1, out, dtype)
+    def g(x, w, out, stride=(1, 1), dtype=jnp.float32, dilation=(1, 1), groups=1):
+        return ConvGeometry(x, w, stride, dilation, groups, out, dtype)
     assert p.native_forward(g((8, 224, 224, 3), (7, 7, 3, 64), (112, 112), (2, 2)))   # stems
     assert p.native_forward(g((8, 224, 224, 3), (3, 3, 3, 64), (224, 224)))   # any map
     assert p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)))
     assert p.native_forward(g((8, 112, 112, 64), (3, 3, 64, 64), (112, 112)))
+    assert p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 192), (56, 56)))    # wide
+    assert p.native_forward(g((8, 7, 7, 512), (3, 3, 512, 512), (7, 7)))      # small map
+    assert p.native_forward(g((8, 14, 14, 256), (3, 3, 256, 512), (7, 7), (2, 2)))
     assert not p.native_forward(g((8, 224, 224, 64), (3, 3, 64, 64), (224, 224)))  # VGG's
-    assert not p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 192), (56, 56)))   # wide
-    assert not p.native_forward(g((8, 14, 14, 64), (3, 3, 64, 64), (14, 14)))    # small map
     assert not p.native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56), dtype=jnp.bfloat16))
+    assert not p.native_forward(g((8, 14, 14, 64), (3, 3, 64, 64), (14, 14), dilation=(2, 2)))
+    assert not p.native_forward(g((8, 14, 14, 64), (3, 3, 32, 64), (14, 14), groups=2))
     assert not p.for_loop_body().native_forward(g((8, 56, 56, 64), (3, 3, 64, 64), (56, 56)))
     for off in (p.replace(native_forward_max_map=0), p.replace(native=False), ConvPolicy.xla()):
         assert not off.native_forward(g((8, 224, 224, 3), (7, 7, 3, 64), (112, 112), (2, 2)))
@@ -317,7 +330,9 @@ def test_policy_gives_the_compiled_forward_to_image_convs_and_64_channel_maps():
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     v = m.abstract_init((2, 224, 224, 3))[0]
     text = jax.jit(lambda p, s, x: m.apply(p, s, x)[0]).lower(v["params"], v["state"], x).as_text()
-    assert text.count("@zoo_conv(") == 5                           # stem + 4 in layer1
+    # the stem and layer1, then the strided 3x3s and the small maps XLA's forward would take;
+    # layer2's 28x28 maps take Winograd, the 1x1 shortcuts a matrix product
+    assert text.count("@zoo_conv(") == 5 + 1 + 4 + 4   # layer1, layer2, layer3, layer4
 
 
 def test_batchnorm_and_relu_fold_into_the_compiled_forward_in_inference():

@@ -155,7 +155,9 @@ def test_one_jitted_function_runs_each_models_own_program():
                                                          variables["state"], x).as_text()
            for name, m in (("base", base), ("plain", plain))}
     assert hlo["base"] != hlo["plain"]
-    assert hlo["plain"].count("convolution(") == 2 and hlo["base"].count("convolution(") == 1
+    # conv1 as taps, conv2 XLA's or (where zoo's kernels built) zoo's compiled forward
+    assert hlo["plain"].count("convolution(") == 2
+    assert hlo["base"].count("convolution(") + hlo["base"].count("@zoo_conv(") == 1
 
 
 def test_policy_is_a_frozen_validated_value():

@@ -26,8 +26,8 @@ LEVER_VARIANTS = {
     "no_store_input": ({"store_input": False}, ("train",)),
     "no_phases": ({"phases_min_map": 0}, ("train",)),
     "no_winograd": ({"winograd": ()}, ("infer", "train")),
-    # XLA's conv forms: the compiled forward needs the weight gradient's floor too
-    "no_native_grad": ({"native_grad_min_map": 0}, ("train",)),
+    # XLA's conv forms: neither the compiled weight gradient nor the compiled forward
+    "no_native_grad": ({"native_grad_min_map": 0, "native_forward_max_map": 0}, ("train",)),
     "no_native": ({"native": False}, ("infer", "train")),   # no compiled kernel at all
     "bf16_native": ({"low_precision": "native"}, ("infer", "train")),
 }

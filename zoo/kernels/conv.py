@@ -16,8 +16,8 @@ traced layer. All of them give XLA's values and gradients within float tolerance
 
 Where the policy asks (``native_grad_min_map``: big float32 maps), the custom convs whose
 weight gradient would be XLA's take it from zoo's compiled kernel (:mod:`.native`) instead;
-those whose forward would be XLA's take the compiled forward on image convs and 64-channel
-maps (``native_forward_max_map``), and with it the stride-1 input gradient. On a CPU with
+those whose forward would be XLA's take the compiled forward on image convs and maps up to
+``native_forward_max_map``, and with it the stride-1 input gradient. On a CPU with
 AMX tiles the policy gives bfloat16 convs ``'amx'`` (XLA:CPU computes bfloat16
 convolutions in float32).
 """

@@ -119,13 +119,13 @@ class ConvPolicy:
     #: below; in bfloat16 every ungrouped, undilated conv's forward (and stride-1 input
     #: gradient) on a CPU with AMX tiles; False: XLA's forms only.
     native: bool = True
-    #: custom convs (ungrouped, undilated) with output maps of at least this many pixels take
-    #: their weight gradient from the compiled kernel instead of XLA's; 0: never.
+    #: custom convs (ungrouped, undilated) with output maps of at least this many pixels, or
+    #: strided ones reading input maps that big, take their weight gradient from the compiled
+    #: kernel instead of XLA's; 0: never.
     native_grad_min_map: int = 400
-    #: custom convs with XLA's forward take the compiled forward (and, at stride 1, input
-    #: gradient) on maps from native_grad_min_map up to this many pixels with at most 64
-    #: output channels, and image convs (<= 4 input channels) on any map from that floor; 0:
-    #: never.
+    #: custom convs with XLA's forward (float32, ungrouped, undilated) take the compiled
+    #: forward (and, at stride 1, input gradient) on output maps of up to this many pixels,
+    #: and image convs (<= 4 input channels) on any map; 0: never.
     native_forward_max_map: int = 12544
     #: strided convs (undilated, ungrouped) with output maps of at least this many pixels
     #: take the input gradient as stride**2 stride-1 convs of dy, one per output phase
@@ -210,11 +210,11 @@ class ConvPolicy:
             measured = self._table.get(g.key(train))
             if measured in candidates(g, train):
                 return measured
-        return self.rule(g)
+        return self.rule(g, train)
 
-    def rule(self, g: ConvGeometry) -> str:
+    def rule(self, g: ConvGeometry, train: bool = False) -> str:
         """The hand-tuned rules below, tried in order (docs/benchmarks.md gives each one's
-        measurements)."""
+        measurements; ``train``: the conv runs in a train step)."""
         kh, kw, cin_g, cout = g.w_shape
         if self.native_amx(g) and amx_here():
             return "amx"
@@ -229,7 +229,9 @@ class ConvPolicy:
             return "xla+mmgrad"
         if self.single_channel and g.x_shape[3] == 1 and g.groups == 1:
             return "taps"
-        if self.winograd_fits(g):
+        # in a train step, the compiled forward and both compiled gradients before Winograd's
+        if self.winograd_fits(g) and not (train and self.native_forward(g)
+                                          and self.native_grad(g)):
             return "winograd"
         if self.phases_min_map and g.phases_shape() and g.pixels >= self.phases_min_map:
             return "xla+phases"
@@ -250,16 +252,20 @@ class ConvPolicy:
     def native_grad(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` asks for the compiled weight gradient (whether it
         runs here is :func:`zoo.kernels.native.available`)."""
+        strided = g.stride != (1, 1)
+        big = max(g.pixels, g.x_shape[1] * g.x_shape[2] if strided else 0)
         return (self.native and bool(self.native_grad_min_map)
-                and g.pixels >= self.native_grad_min_map and self.active() and g.groups == 1
+                and big >= self.native_grad_min_map and self.active() and g.groups == 1
                 and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) in NATIVE_DTYPES)
 
     def native_forward(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` with XLA's forward asks for the compiled forward."""
-        if not (self.native_grad(g) and self.native_forward_max_map) or self.loop_body:
+        if not (self.native and self.native_forward_max_map) or self.loop_body:
             return False
-        return g.x_shape[3] <= 4 or (g.w_shape[3] <= 64
-                                     and g.pixels <= self.native_forward_max_map)
+        if not (self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
+                and jnp.dtype(g.dtype) in NATIVE_DTYPES):
+            return False
+        return g.x_shape[3] <= 4 or g.pixels <= self.native_forward_max_map
 
     def native_amx(self, g: ConvGeometry) -> bool:
         """Whether a conv of ``g`` asks for ``'amx'``, the bfloat16 forward on AMX tiles
