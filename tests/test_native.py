@@ -307,6 +307,34 @@ def test_forward_and_input_gradient_equal_xlas(x_shape, w_shape, stride, padding
                                    atol=2e-6 * float(jnp.max(jnp.abs(ref))))
 
 
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, pool", [
+    ((2, 30, 30, 3), (7, 7, 3, 64), 2, 3, (3, 2, 1, "floor")),      # ResNet's stem
+    ((3, 13, 13, 24), (3, 3, 24, 80), 1, 1, (3, 2, 0, "exact")),    # AlexNet's conv5, 80 ch
+    ((1, 27, 27, 16), (5, 5, 16, 32), 1, 2, (3, 2, 0, "ceil")),     # a border no window reads
+    ((1, 40, 40, 8), (3, 3, 8, 144), 1, 1, (2, 2, 0, "exact")),     # steps and three blocks
+])
+def test_pooled_forward_equals_the_conv_then_xlas_max_pool(x_shape, w_shape, stride, padding,
+                                                           pool):
+    x, w = normal(21, x_shape), normal(22, w_shape) * 0.1
+    x = x.at[0, x_shape[1] // 2, x_shape[2] // 2, 0].set(jnp.nan)
+    scale, shift = normal(23, w_shape[3:]), normal(24, w_shape[3:])
+    stride, padding = zoo.kernels.pair(stride), zoo.kernels.pair(padding)
+    z = conv2d(x, w, stride=stride, padding=padding, rounding="floor", impl="xla")
+    z = jnp.maximum(z * scale + shift, 0)
+    geom = zoo.kernels.conv.pool_geometry(z.shape[1:3], pool)
+    want = jax.lax.reduce_window(z[:, :geom.keep_hw[0], :geom.keep_hw[1]], -jnp.inf,
+                                 jax.lax.max, (1, *geom.window, 1), (1, *geom.strides, 1),
+                                 ((0, 0), *geom.pads, (0, 0)))
+    pads = tuple(map(tuple, zoo.kernels.padding_pairs(x_shape, w_shape[:2], stride, padding,
+                                                      (1, 1), z.shape[1:3])))
+    got = jax.jit(native.pooled_conv, static_argnums=(2, 3, 4, 7, 8))(
+        x, w, stride, pads, z.shape[1:3], scale, shift, True,
+        (geom.window, geom.strides, geom.top_left, geom.out_hw))
+    assert got.shape == want.shape and 0 < int(jnp.sum(jnp.isnan(want))) < want.size
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                               atol=4e-6 * float(jnp.nanmax(jnp.abs(want))))
+
+
 def test_policy_gives_the_compiled_forward_to_image_convs_and_maps_up_to_its_cap():
     p = ConvPolicy()
     def g(x, w, out, stride=(1, 1), dtype=jnp.float32, dilation=(1, 1), groups=1):
@@ -332,13 +360,14 @@ def test_policy_gives_the_compiled_forward_to_image_convs_and_maps_up_to_its_cap
     text = jax.jit(lambda p, s, x: m.apply(p, s, x)[0]).lower(v["params"], v["state"], x).as_text()
     # the stem and layer1, then the strided 3x3s and the small maps XLA's forward would take;
     # layer2's 28x28 maps take Winograd, the 1x1 shortcuts a matrix product
-    assert text.count("@zoo_conv(") == 5 + 1 + 4 + 4   # layer1, layer2, layer3, layer4
+    assert text.count("@zoo_pooled_conv(") == 1             # the stem, with its max pool
+    assert text.count("@zoo_conv(") == 4 + 1 + 4 + 4         # layer1, layer2, layer3, layer4
 
 
 def test_batchnorm_and_relu_fold_into_the_compiled_forward_in_inference():
-    """float32 conv-BN(-ReLU) in inference where the conv runs the compiled forward: one
-    call, each BatchNorm's pass gone; values and inference-mode gradients (a perceptual
-    loss) as the unfolded program's."""
+    """float32 conv-BN(-ReLU)(-max pool) in inference where the conv runs the compiled
+    forward: one call, each BatchNorm's pass gone, the stem's conv output never written;
+    values and inference-mode gradients (a perceptual loss) as the unfolded program's."""
     models = [zoo.create("resnet18", num_classes=10, conv_policy=p)
               for p in (EVERYWHERE, ConvPolicy(native=False))]
     v = models[0].init(jax.random.key(0), (2, 32, 32, 3))
@@ -350,7 +379,10 @@ def test_batchnorm_and_relu_fold_into_the_compiled_forward_in_inference():
 
     logits = [jax.jit(lambda p, x, m=m: m.apply(p, state, x)[0]) for m in models]
     text, unfolded = (f.lower(v["params"], x).as_text() for f in logits)
-    assert text.count("@zoo_conv(") == 5                 # the stem and layer1's four convs
+    assert text.count("@zoo_conv(") == 4                 # layer1's four convs
+    assert text.count("@zoo_pooled_conv(") == 1          # the stem, its max pool folded in
+    assert "zoo_max_pool" not in text                    # no pass of its own
+
     # one multiply of an activation by its scale per BatchNorm, gone in those five
     assert unfolded.count("stablehlo.multiply") - text.count("stablehlo.multiply") == 5
     got, want = (np.asarray(f(v["params"], x)) for f in logits)

@@ -4,7 +4,8 @@ Imports nothing else of the zoo but :mod:`zoo.machine`. The layers of :mod:`zoo.
 model's :class:`ConvPolicy`; nothing here reads module state.
 """
 from . import native
-from .conv import CUSTOM_CONVS, DEFAULT_POLICY, Epilogue, choose, conv2d, im2col
+from .conv import CUSTOM_CONVS, DEFAULT_POLICY, Epilogue, choose, conv2d
+from .forms import im2col
 from .geometry import ROUNDING_RULES, output_size, padding_pairs, pair, spatial_out
 from .policy import IMPLS, ConvGeometry, ConvPolicy
 from .pool_bn import batch_norm_train, max_pool, stored

@@ -71,9 +71,9 @@ def _apply_children(items, params, state, x, train, rng, policy):
 def _foldable(items, i, x, train, policy) -> list:
     """The layers after ``items[i]`` that fold into its output: in inference, a conv that
     may run on zoo's compiled forward (float32, or bfloat16 on AMX tiles) followed by
-    BatchNorm and/or ReLU (the conv applies them by their own forms where its forward is
-    XLA's); none whose outputs before the last are asked for, none while a summary records
-    the layers."""
+    BatchNorm and/or ReLU, and in float32 then a max pool (the conv applies them by their own
+    forms where its forward is XLA's); none whose outputs before the last are asked for, none
+    while a summary records the layers."""
     name, layer = items[i]
     dtype = jnp.dtype(x.dtype)
     if (train or layer.kind != "conv" or not isinstance(x, jax.core.Tracer)
@@ -86,6 +86,9 @@ def _foldable(items, i, x, train, policy) -> list:
         if j < len(items) and items[j][1].kind == kind and (
                 names is None or items[j][1].config.get("name") in names):
             out.append(items[j])
+    j = i + 1 + len(out)
+    if dtype == jnp.float32 and j < len(items) and items[j][1].kind == "maxpool":
+        out.append(items[j])
     if any(wanted(path) for path in [name] + [n for n, _ in out[:-1]]):
         return []
     return out
@@ -93,8 +96,11 @@ def _foldable(items, i, x, train, policy) -> list:
 
 def _fold(folded, params, state, rng, policy):
     """``then`` for the conv: the folded layers as per-channel terms and as a function."""
-    scale = shift = None
-    relu = folded[-1][1].kind == "activation"
+    scale = shift = pool = None
+    relu = any(layer.kind == "activation" for _, layer in folded)
+    if folded[-1][1].kind == "maxpool":
+        cfg = folded[-1][1].config
+        pool = (cfg["window"], cfg["stride"], cfg["padding"], cfg["rounding"])
     if folded[0][1].kind == "batchnorm":
         bn_name, bn = folded[0]
         p, s = params[bn_name], state[bn_name]
@@ -107,7 +113,7 @@ def _fold(folded, params, state, rng, policy):
                 y, _ = layer.apply(params.get(n, {}), state.get(n, {}), y, train=False,
                                    rng=name_key(rng, n), policy=policy)
         return y
-    return scale, shift, relu, after
+    return scale, shift, relu, after, pool
 
 
 def _signature(layer: Layer):

@@ -75,10 +75,10 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
         return out_shape, params, {}
 
     def apply(params, state, x, *, train=False, rng=None, policy=None, then=None):
-        """``then``: ``(scale, shift, relu, after)``, the inference layers that follow it as
-        per-channel terms (scale None: 1) and as a function of this layer's output; folded
-        into the store of zoo's compiled forward where the conv runs one (nn.Sequential
-        passes it)."""
+        """``then``: ``(scale, shift, relu, after, pool)``, the inference layers that follow
+        it as per-channel terms (scale None: 1), a max pool's config (or None) and as a
+        function of this layer's output; folded into the store of zoo's compiled forward
+        where the conv runs one (nn.Sequential passes it)."""
         w = dense_kernel(params, x.shape[3])
         where = current_path()
         args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -90,14 +90,14 @@ def Conv(features: int, kernel, *, stride=1, padding=0, dilation=1, groups=1, bi
             rec.conv_args.append(dict(args, x_shape=tuple(x.shape), w_shape=tuple(w.shape),
                                       dtype=x.dtype, train=bool(train), impl=impl))
         if then is not None:
-            scale, shift, relu, after = then
+            scale, shift, relu, after, pool = then
             scale = jnp.ones((features,), jnp.float32) if scale is None else scale
             shift = jnp.zeros((features,), jnp.float32) if shift is None else shift
             if bias:
                 b = params["bias"]
                 shift = shift + b.astype(jnp.float32) * scale
                 after = _biased(after, b)
-            epilogue = kernels.Epilogue(scale, shift, relu, after)
+            epilogue = kernels.Epilogue(scale, shift, relu, after, pool)
             return kernels.conv2d(x, w, impl=chosen, epilogue=epilogue, **args), state
         y = kernels.conv2d(x, w, impl=chosen, **args)
         if bias:

@@ -55,7 +55,7 @@ HEADERS = (os.path.join(_HERE, "common.h"),)
 TARGETS = {"zoo_conv": "ZooConvForward", "zoo_conv_weight_grad": "ZooConvWeightGrad",
            "zoo_batch_stats": "ZooBatchStats", "zoo_grad_sums": "ZooGradSums",
            "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad",
-           "zoo_amx_conv": "ZooAmxConvForward"}
+           "zoo_amx_conv": "ZooAmxConvForward", "zoo_pooled_conv": "ZooPooledConvForward"}
 TARGET = "zoo_conv_weight_grad"   # the weight gradient's
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 #: The dtypes the kernels take.
@@ -245,6 +245,23 @@ def conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
     in place, never built; a negative pad: a border no window reads) and output map
     ``out_hw``, then ``* scale + shift`` per output channel (default 1 and 0) and
     ``max(., 0)`` where ``relu``, in the store (no pass of their own)."""
+    return _conv_call("zoo_conv", out_hw, x, w, stride, pads, scale, shift, relu)
+
+
+def pooled_conv(x, w, stride, pads, out_hw, scale, shift, relu, pool):
+    """:func:`conv` (its map ``out_hw``) followed by a max pool, the conv's output never
+    written out: ``pool`` is ``(window, strides, (top, left) padding, pooled map)``; the
+    padding and any border no window reaches are never read (-inf), a NaN in a window gives
+    NaN."""
+    (ph, pw), (psh, psw), (ppt, ppl), pooled_hw = pool
+    return _conv_call("zoo_pooled_conv", pooled_hw, x, w, stride, pads, scale, shift, relu,
+                      ho=out_hw[0], wo=out_hw[1], ph=ph, pw=pw, psh=psh, psw=psw, ppt=ppt,
+                      ppl=ppl)
+
+
+def _conv_call(target, out_hw, x, w, stride, pads, scale, shift, relu, **sizes):
+    """The float32 forward ``target`` with an ``out_hw`` result: the input cropped where a
+    pad is negative, the channels padded to whole vectors, ``sizes`` as int64 attributes."""
     _ready()
     (top, _), (left, _) = pads
     x = _cropped(x, pads)
@@ -253,10 +270,10 @@ def conv(x, w, stride, pads, out_hw, scale=None, shift=None, relu=False):
     kp = w.shape[3]
     scale, shift = _terms(scale, shift, k, kp)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kp), jnp.float32)
-    y = jax.ffi.ffi_call("zoo_conv", out, vmap_method="sequential")(
+    y = jax.ffi.ffi_call(target, out, vmap_method="sequential")(
         x.astype(jnp.float32), w, scale, shift, sh=np.int64(stride[0]),
         sw=np.int64(stride[1]), pt=np.int64(max(0, top)), pl=np.int64(max(0, left)),
-        relu=bool(relu))
+        relu=bool(relu), **{name: np.int64(v) for name, v in sizes.items()})
     return y[..., :k] if kp != k else y
 
 
