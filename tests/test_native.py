@@ -32,6 +32,7 @@ def xla_weight_grad(x, dy, w_shape, stride, padding, rounding):
     ((2, 30, 30, 3), (7, 7, 3, 20), 2, 3, "floor"),     # a stem: 3 channels, 20 = 16 + 4 padded
     ((3, 12, 12, 8), (3, 3, 8, 32), 1, 1, "exact"),     # two vectors of output channels
     ((1, 9, 9, 4), (3, 3, 4, 80), 2, 0, "exact"),       # one image, 64 + 16 channels
+    ((2, 4, 4, 8), (3, 3, 8, 320), 1, 1, "exact"),      # a small map: parts of 2, 2, 1 blocks
     ((2, 20, 21, 5), (5, 3, 5, 6), (2, 1), (2, 1), "floor"),   # asymmetric; an unread border
     ((3, 7, 9, 16), (3, 3, 16, 16), 1, 3, "exact"),   # windows of zeros only; chunks span images
 ])

@@ -9,7 +9,8 @@
 // output rows go in chunks; a chunk's padded input rows are copied once into a small buffer
 // that stays in L2, and a register tile of 6 window values by 64 output channels stays in
 // registers over the chunk. Threads of XLA's pool take fixed parts of the rows, each summed
-// into its own copy of dW.
+// into its own copy of dW; on small maps (few positions, often a big dW) they take groups of
+// dW's output channels over every position instead, summed straight into dW.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,8 @@ constexpr int kVectors = 4;          // 64 output channels per register tile
 constexpr int64_t kChunk = 512;      // output positions per chunk: their rows stay in L2
 constexpr int64_t kParts = 16;       // copies of dW summed at the end, at most ...
 constexpr int64_t kPartsBytes = 64 << 20;   // ... and at most this many bytes of them
+constexpr int64_t kSmallMap = 400;   // output maps below this many pixels ...
+constexpr int64_t kBlockParts = 4;   // ... split dW's channels into this many parts at most
 
 // The padded input rows the output rows [row0, row1) read, into `rows`: one run of
 // consecutive padded rows per image, and at[i] the offset of output row row0 + i's window
@@ -92,11 +95,12 @@ void tile(const Geometry& g, const float* xp, const int64_t* at, const float* dy
     for (int j = 0; j < NV; ++j) store16(out + i * g.k + 16 * j, acc[i][j]);
 }
 
-// every tile of dW (R, S*C, K) over output rows [row0, row1) of the (n, h) grid
+// every tile of dW (R, S*C, K) in output channels [k_lo, k_hi) over output rows
+// [row0, row1) of the (n, h) grid
 void chunk(const Geometry& g, const float* xp, const int64_t* at, const float* dy,
-           int64_t row0, int64_t row1, float* out) {
+           int64_t row0, int64_t row1, float* out, int64_t k_lo, int64_t k_hi) {
   const int64_t m = g.s * g.c;
-  for (int64_t k0 = 0; k0 < g.k; k0 += 16 * kVectors) {
+  for (int64_t k0 = k_lo; k0 < k_hi; k0 += 16 * kVectors) {
     const int nv = static_cast<int>(std::min<int64_t>(kVectors, (g.k - k0) / 16));
     for (int64_t r = 0; r < g.r; ++r) {
       for (int64_t m0 = 0; m0 < m; m0 += kRows) {
@@ -123,15 +127,35 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb,
   if (bad.failure()) return bad;
   const int64_t size = g.r * g.s * g.c * g.k;
   const int64_t total = g.n * g.ho;
+  const int64_t rows = std::max<int64_t>(1, kChunk / g.wo);
+  const float* x = xb.typed_data();
+  const float* d = dy.typed_data();
+  const int64_t width = 16 * kVectors, blocks = (g.k + width - 1) / width;
+  if (blocks > 1 && g.ho * g.wo < kSmallMap) {
+    // Small maps: parts take groups of dW's output channels over every position, summed in
+    // order straight into dW (no copies of a big dW to zero and add for few positions).
+    const int64_t group = (blocks + kBlockParts - 1) / kBlockParts;
+    float* out = dw->typed_data();
+    zoo_native::parallel_parts(pool, (blocks + group - 1) / group, [&](int64_t p) {
+      const int64_t k_lo = p * group * width, k_hi = std::min(g.k, k_lo + group * width);
+      for (int64_t q = 0; q < size / g.k; ++q)
+        std::memset(out + q * g.k + k_lo, 0, (k_hi - k_lo) * sizeof(float));
+      std::vector<float> padded;
+      std::vector<int64_t> at;
+      for (int64_t row = 0; row < total; row += rows) {
+        const int64_t last = std::min(total, row + rows);
+        fill(g, in, x, row, last, padded, at);
+        chunk(g, padded.data(), at.data(), d, row, last, out, k_lo, k_hi);
+      }
+    });
+    return ffi::Error::Success();
+  }
   // The output rows split into a number of parts fixed by the shapes alone, each summed in
   // order into its own copy of dW, the copies added in order: the same bits on every run
   // and every thread count (a resumed training run repeats the uninterrupted one exactly).
   const int64_t parts = std::max<int64_t>(
       1, std::min<int64_t>({kParts, total, kPartsBytes / (size * int64_t(sizeof(float)))}));
-  const int64_t rows = std::max<int64_t>(1, kChunk / g.wo);
   std::vector<std::vector<float>> copies(parts);
-  const float* x = xb.typed_data();
-  const float* d = dy.typed_data();
   zoo_native::parallel_parts(pool, parts, [&](int64_t p) {
     std::vector<float>& part = copies[p];
     part.assign(size, 0.0f);
@@ -141,7 +165,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb,
     for (int64_t row = p * total / parts; row < end; row += rows) {
       const int64_t last = std::min(end, row + rows);
       fill(g, in, x, row, last, padded, at);
-      chunk(g, padded.data(), at.data(), d, row, last, part.data());
+      chunk(g, padded.data(), at.data(), d, row, last, part.data(), 0, g.k);
     }
   });
   float* out = dw->typed_data();
