@@ -322,7 +322,7 @@ def test_pooled_forward_equals_the_conv_then_xlas_max_pool(x_shape, w_shape, str
     stride, padding = zoo.kernels.pair(stride), zoo.kernels.pair(padding)
     z = conv2d(x, w, stride=stride, padding=padding, rounding="floor", impl="xla")
     z = jnp.maximum(z * scale + shift, 0)
-    geom = zoo.kernels.conv.pool_geometry(z.shape[1:3], pool)
+    geom = zoo.kernels.pool_geometry(z.shape[1:3], *pool)
     want = jax.lax.reduce_window(z[:, :geom.keep_hw[0], :geom.keep_hw[1]], -jnp.inf,
                                  jax.lax.max, (1, *geom.window, 1), (1, *geom.strides, 1),
                                  ((0, 0), *geom.pads, (0, 0)))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from . import native, winograd
 from .forms import (Geom, cols_input_grad, im2col_conv, input_grad, phase_input_grad,
                     taps_conv, weight_grad_matmul, xla_conv)
-from .geometry import pair, padding_pairs, spatial_out
+from .geometry import PoolGeometry, pair, padding_pairs, pool_geometry, spatial_out
 from .policy import IMPLS, ConvGeometry, ConvPolicy
 from .pool_bn import max_pool, stored
 
@@ -161,32 +161,6 @@ def _affine_bwd(meta, relu, res, dy):
 
 _fused_conv = jax.custom_vjp(_affine, nondiff_argnums=(4, 5))
 _fused_conv.defvjp(_affine_fwd, _affine_bwd)
-
-
-class PoolGeometry(NamedTuple):
-    """A max pool over a conv's ``in_hw`` map: what the pooled kernel reads (window, strides,
-    top and left padding, pooled map) and the pool layer's own form (the rows and columns it
-    keeps, its padding)."""
-    window: tuple
-    strides: tuple
-    top_left: tuple
-    out_hw: tuple
-    keep_hw: tuple
-    pads: tuple
-
-
-def pool_geometry(in_hw, pool, where="<input>") -> PoolGeometry:
-    """The :class:`PoolGeometry` of a max pool ``(window, stride, padding, rounding)`` over
-    an ``in_hw`` map (the pool layer's rule: padding and the ceil rule's border are -inf,
-    rows and columns the floor rule never reaches are dropped)."""
-    window, stride, padding, rounding = pool
-    window, stride, padding = map(pair, (window, stride, padding))
-    shape = (1, *in_hw, 1)
-    out_hw = spatial_out(shape, window, stride, padding, 1, rounding, where, "maxpool")
-    (top, bottom), (left, right) = padding_pairs(shape, window, stride, padding, (1, 1), out_hw)
-    return PoolGeometry(window, stride, (top, left), tuple(out_hw),
-                        (in_hw[0] + min(bottom, 0), in_hw[1] + min(right, 0)),
-                        ((top, max(bottom, 0)), (left, max(right, 0))))
 
 
 def _pooled(x, w, scale, shift, meta: CustomConv, relu: bool, pool: PoolGeometry):
@@ -324,7 +298,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
                           int(policy.chunk_bytes), bool(store))
         if epilogue is not None and epilogue.pool is not None and _folds(forward) and (
                 forward == "native" and jnp.dtype(x.dtype) == jnp.float32):
-            pool = pool_geometry(tuple(g.out_hw), epilogue.pool, where)
+            pool = pool_geometry(tuple(g.out_hw), *epilogue.pool, where, "maxpool")
             return _pooled_conv(x, w, epilogue.scale, epilogue.shift, meta,
                                 bool(epilogue.relu), pool)
         if epilogue is not None and epilogue.pool is None and _folds(forward):

@@ -8,6 +8,8 @@ it would start inside the right padding). Errors name the layer through ``where`
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 ROUNDING_RULES = ("exact", "floor", "ceil")
 
 
@@ -69,3 +71,28 @@ def padding_pairs(x_shape, window, stride, padding, dilation, out_hw):
         extra = right_padding(size, out_hw[axis], k, stride[axis], padding[axis], dilation[axis])
         pads.append((padding[axis], extra))
     return pads
+
+
+class PoolGeometry(NamedTuple):
+    """A pool over an ``in_hw`` map: its window, strides, top and left padding and output
+    map, the rows and columns it keeps (the floor rule's unreached border dropped) and its
+    padding of the kept map (the ceil rule's border as padding)."""
+    window: tuple
+    strides: tuple
+    top_left: tuple
+    out_hw: tuple
+    keep_hw: tuple
+    pads: tuple
+
+
+def pool_geometry(in_hw, window, stride, padding, rounding, where="<input>",
+                  what="pool") -> PoolGeometry:
+    """The :class:`PoolGeometry` of a pool over an ``in_hw`` map (errors name the layer
+    ``where`` and its kind ``what``)."""
+    window, stride, padding = map(pair, (window, stride, padding))
+    shape = (1, *in_hw, 1)
+    out_hw = spatial_out(shape, window, stride, padding, 1, rounding, where, what)
+    (top, bottom), (left, right) = padding_pairs(shape, window, stride, padding, (1, 1), out_hw)
+    return PoolGeometry(window, stride, (top, left), tuple(out_hw),
+                        (in_hw[0] + min(bottom, 0), in_hw[1] + min(right, 0)),
+                        ((top, max(bottom, 0)), (left, max(right, 0))))

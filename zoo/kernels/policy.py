@@ -252,20 +252,22 @@ class ConvPolicy:
     def native_grad(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` asks for the compiled weight gradient (whether it
         runs here is :func:`zoo.kernels.native.available`)."""
-        strided = g.stride != (1, 1)
+        strided = tuple(g.stride) != (1, 1)
         big = max(g.pixels, g.x_shape[1] * g.x_shape[2] if strided else 0)
-        return (self.native and bool(self.native_grad_min_map)
-                and big >= self.native_grad_min_map and self.active() and g.groups == 1
-                and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) in NATIVE_DTYPES)
+        return (self._compiled(g) and bool(self.native_grad_min_map)
+                and big >= self.native_grad_min_map)
 
     def native_forward(self, g: ConvGeometry) -> bool:
         """Whether a custom conv of ``g`` with XLA's forward asks for the compiled forward."""
-        if not (self.native and self.native_forward_max_map) or self.loop_body:
-            return False
-        if not (self.active() and g.groups == 1 and tuple(g.dilation) == (1, 1)
-                and jnp.dtype(g.dtype) in NATIVE_DTYPES):
+        if not (self._compiled(g) and self.native_forward_max_map) or self.loop_body:
             return False
         return g.x_shape[3] <= 4 or g.pixels <= self.native_forward_max_map
+
+    def _compiled(self, g: ConvGeometry) -> bool:
+        """Whether zoo's compiled float32 conv kernels could take ``g`` at all: ungrouped,
+        undilated, on the CPU, with ``native`` on."""
+        return (self.native and self.active() and g.groups == 1
+                and tuple(g.dilation) == (1, 1) and jnp.dtype(g.dtype) in NATIVE_DTYPES)
 
     def native_amx(self, g: ConvGeometry) -> bool:
         """Whether a conv of ``g`` asks for ``'amx'``, the bfloat16 forward on AMX tiles

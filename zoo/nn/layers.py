@@ -151,20 +151,23 @@ def _pool(kind, window, stride, padding, rounding, reducer):
     cfg = dict(window=(kh, kw), stride=stride, padding=padding, rounding=rounding)
 
     def geometry(shape):
-        out_hw = spatial_out(shape, (kh, kw), stride, padding, 1, rounding, kind)
-        return out_hw, kernels.padding_pairs(shape, (kh, kw), stride, padding, (1, 1), out_hw)
+        if len(shape) != 4:
+            raise ValueError(f"layer '{current_path()}' expects NHWC input, got shape "
+                             f"{tuple(shape)}")
+        return kernels.pool_geometry(shape[1:3], (kh, kw), stride, padding, rounding,
+                                     current_path(), kind)
 
     def init(key, in_shape):
-        (ho, wo), _ = geometry(in_shape)
+        ho, wo = geometry(in_shape).out_hw
         out_shape = (in_shape[0], ho, wo, in_shape[3])
         record(kind, out_shape, activations=volume(out_shape), kernel=kh, stride=stride[0])
         return out_shape, {}, {}
 
     def apply(params, state, x, *, train=False, rng=None, policy=None):
-        _, ((ph, eh), (pw, ew)) = geometry(x.shape)
+        g = geometry(x.shape)
         # Under the floor rule the last rows/columns may never be reached: crop them.
-        x = x[:, : x.shape[1] + min(eh, 0), : x.shape[2] + min(ew, 0)]
-        pads = [(0, 0), (ph, max(eh, 0)), (pw, max(ew, 0)), (0, 0)]
+        x = x[:, : g.keep_hw[0], : g.keep_hw[1]]
+        pads = [(0, 0), *g.pads, (0, 0)]
         return reducer(x, (1, kh, kw, 1), (1, *stride, 1), pads, policy), state
 
     return Layer(init, apply, kind, cfg)
