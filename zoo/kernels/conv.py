@@ -296,13 +296,14 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, rounding="exact",
             grad = "autodiff"   # the input gradient as a forward conv needs both
         meta = CustomConv(geom, tuple(g.out_hw), forward, grad, wgrad,
                           int(policy.chunk_bytes), bool(store))
-        if epilogue is not None and epilogue.pool is not None and _folds(forward) and (
-                forward == "native" and jnp.dtype(x.dtype) == jnp.float32):
-            pool = pool_geometry(tuple(g.out_hw), *epilogue.pool, where, "maxpool")
-            return _pooled_conv(x, w, epilogue.scale, epilogue.shift, meta,
-                                bool(epilogue.relu), pool)
-        if epilogue is not None and epilogue.pool is None and _folds(forward):
-            return _fused_conv(x, w, epilogue.scale, epilogue.shift, meta, bool(epilogue.relu))
+        if epilogue is not None and _folds(forward):
+            if epilogue.pool is None:
+                return _fused_conv(x, w, epilogue.scale, epilogue.shift, meta,
+                                   bool(epilogue.relu))
+            if forward == "native":   # the pooled kernel: float32's compiled forward
+                pool = pool_geometry(tuple(g.out_hw), *epilogue.pool, where, "maxpool")
+                return _pooled_conv(x, w, epilogue.scale, epilogue.shift, meta,
+                                    bool(epilogue.relu), pool)
         y = _custom_conv(x, w, meta)
     y = y.astype(x.dtype)
     return y if epilogue is None else epilogue.after(y)

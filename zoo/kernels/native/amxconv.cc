@@ -357,8 +357,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooAmxConvForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl")
+                                  .ZOO_CONV_ATTRS
                                   .Attr<bool>("relu"));

@@ -115,4 +115,8 @@ void parallel_parts(xla::ffi::ThreadPool& pool, int64_t parts, F body) {
 
 }  // namespace zoo_native
 
+// a convolution handler's stride and top/left padding (see read_geometry)
+#define ZOO_CONV_ATTRS \
+  Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pl")
+
 #endif  // ZOO_KERNELS_NATIVE_COMMON_H_

@@ -121,13 +121,13 @@ struct Tiles {
   const Epilogue& e;
   const float* x;
   const float* w;   // packed W (see packed)
-  int64_t rows, blocks;
+  int64_t rows;
 
   void run(int64_t p0, int mr, int64_t kb, float* out, int64_t ldo, float* span,
            const float* zeros) const {
     const int64_t k0 = kb * 16 * kVectors;
-    const int64_t ldb = blocks > 1 ? std::min<int64_t>(16 * kVectors, g.k - k0) : g.k;
-    const float* wb = blocks > 1 ? w + k0 * rows : w + k0;
+    const int64_t ldb = std::min<int64_t>(16 * kVectors, g.k - k0);   // the block's width
+    const float* wb = w + k0 * rows;
     as_constant<kVectors>(static_cast<int>(ldb / 16), [&](auto vectors) {
       as_constant<kRows>(mr, [&](auto rows_) {
         constexpr int MR = decltype(rows_)::value, NV = decltype(vectors)::value;
@@ -139,7 +139,8 @@ struct Tiles {
 
 // W as its blocks of 64 output channels, each (R*S*C x 64) contiguous: rows K floats apart
 // would map a block onto a fraction of L2's sets and stream it from memory for each tile.
-// The buffer stays with the calling thread: no fresh pages on every call. One block: W.
+// The buffer stays with the calling thread: no fresh pages on every call. One block is W
+// as it is.
 const float* packed(ffi::ThreadPool& pool, const Geometry& g, const float* w, int64_t rows,
                     int64_t blocks) {
   if (blocks == 1) return w;
@@ -180,7 +181,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<f
       std::min(kMinRun, tiles), (tiles * groups + kParts - 1) / kParts);
   const int64_t runs = (tiles + run - 1) / run;
   const Tiles t{g, in, e, xb.typed_data(), packed(pool, g, wt.typed_data(), rows, blocks),
-                rows, blocks};
+                rows};
   float* out = y->typed_data();
   zoo_native::parallel_parts(pool, groups * runs, [&](int64_t part) {
     std::vector<float> span(kRows * m), zeros(m, 0.0f);
@@ -229,7 +230,7 @@ ffi::Error PooledForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb,
   const int64_t width = 16 * kVectors, m = g.s * g.c, rows = g.r * m;
   const int64_t blocks = (g.k + width - 1) / width;
   const Tiles t{g, in, e, xb.typed_data(), packed(pool, g, wt.typed_data(), rows, blocks),
-                rows, blocks};
+                rows};
   // parts: (image, band of pooled rows, block of 64 channels), about kParts / 4 in all and
   // bands of at least kMinBand pooled rows (each band computes again the conv rows its first
   // window shares with the band before); steps of pooled rows whose conv rows of the block
@@ -301,10 +302,7 @@ static auto conv_binding() {
       .Arg<ffi::Buffer<ffi::F32>>()
       .Arg<ffi::Buffer<ffi::F32>>()
       .Ret<ffi::Buffer<ffi::F32>>()
-      .Attr<int64_t>("sh")
-      .Attr<int64_t>("sw")
-      .Attr<int64_t>("pt")
-      .Attr<int64_t>("pl")
+      .ZOO_CONV_ATTRS
       .Attr<bool>("relu");
 }
 
